@@ -1,0 +1,72 @@
+// Activations, forward and backward side by side. Backward is written in terms of the activation's
+// OUTPUT A (not its input Z): every activation here has a derivative expressible from A, so the
+// engine keeps only post-activation buffers.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common.hpp"
+
+namespace fastmlp {
+
+// Row-wise softmax in place: a[j] := exp(a[j] - max a) / sum exp(a - max a), one row of n values.
+// The running max starts at -inf so that a row of -inf or huge negatives is handled.
+template <typename T>
+inline void softmax_row(T* a, index_t n) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (index_t j = 0; j < n; ++j) m = std::max(m, a[j]);
+    T s = 0;
+    for (index_t j = 0; j < n; ++j) {
+        a[j] = std::exp(a[j] - m);
+        s += a[j];
+    }
+    const T inv = T(1) / s;
+    for (index_t j = 0; j < n; ++j) a[j] *= inv;
+}
+
+// Forward: A := act(A) in place on one row of n pre-activations (Z in, A out).
+template <typename T>
+inline void act_forward_row(Act act, T* a, index_t n) {
+    switch (act) {
+        case Act::Linear: break;
+        case Act::Relu:
+            for (index_t j = 0; j < n; ++j) a[j] = a[j] > T(0) ? a[j] : T(0);
+            break;
+        case Act::Sigmoid:
+            for (index_t j = 0; j < n; ++j) a[j] = T(1) / (T(1) + std::exp(-a[j]));
+            break;
+        case Act::Tanh:
+            for (index_t j = 0; j < n; ++j) a[j] = std::tanh(a[j]);
+            break;
+        case Act::Softmax: softmax_row(a, n); break;
+    }
+}
+
+// Backward: d := d * act'(Z), on one row, with act' written from the output a = act(Z).
+//   relu: a > 0;  sigmoid: a(1-a);  tanh: 1-a^2;  softmax (Jacobian-vector product): a*(d - sum(d*a)).
+// d holds dL/dA on entry and dL/dZ on exit.
+template <typename T>
+inline void act_backward_row(Act act, const T* a, T* d, index_t n) {
+    switch (act) {
+        case Act::Linear: break;
+        case Act::Relu:
+            for (index_t j = 0; j < n; ++j) d[j] = a[j] > T(0) ? d[j] : T(0);
+            break;
+        case Act::Sigmoid:
+            for (index_t j = 0; j < n; ++j) d[j] = d[j] * (a[j] * (T(1) - a[j]));
+            break;
+        case Act::Tanh:
+            for (index_t j = 0; j < n; ++j) d[j] = d[j] * (T(1) - a[j] * a[j]);
+            break;
+        case Act::Softmax: {
+            T dot = 0;
+            for (index_t j = 0; j < n; ++j) dot += d[j] * a[j];
+            for (index_t j = 0; j < n; ++j) d[j] = a[j] * (d[j] - dot);
+            break;
+        }
+    }
+}
+
+}  // namespace fastmlp

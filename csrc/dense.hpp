@@ -1,0 +1,220 @@
+// Dense layer kernels: forward and backward side by side, each with its naive reference.
+//
+// Layout (Keras's): X is (B, K) row-major, W is (K, N) row-major (the Keras kernel), b is (N,),
+// Y = A is (B, N). All pointers are dense, row-major, non-overlapping unless said otherwise.
+//
+// Summation order is part of the contract (it is what makes results bitwise reproducible): every
+// output element is `acc = 0; for p ascending: acc += a_p * b_p;` followed by `+ bias`. The
+// register-blocked paths below keep exactly that order, so they equal the naive references bit for
+// bit (the build uses -ffp-contract=off so that no FMA changes the rounding behind our back).
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "activations.hpp"
+#include "common.hpp"
+
+namespace fastmlp {
+
+// ---------------------------------------------------------------------------------------------
+// Register-blocked product (the optimized path)
+// ---------------------------------------------------------------------------------------------
+
+// One 16-byte SIMD vector of T (4 floats or 2 doubles): GCC vector extensions compile to SSE2 on
+// the portable baseline build.
+template <typename T>
+struct Simd {
+    typedef T vec __attribute__((vector_size(16)));
+    static constexpr index_t width = 16 / sizeof(T);
+};
+
+inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
+
+// Pack the (P, N) matrix S (element (p, n) at S[p*rs + n*cs]) into Dst, (P, Np) row-major with
+// Np = round_up(N, width) and the padding columns zeroed. Dst is overwritten.
+template <typename T>
+inline void pack_panel(T* dst, const T* src, index_t P, index_t N, index_t rs, index_t cs) {
+    const index_t Np = round_up(N, Simd<T>::width);
+    for (index_t p = 0; p < P; ++p) {
+        T* d = dst + p * Np;
+        const T* s = src + p * rs;
+        // Plain loops, not memcpy: rows are often a handful of elements, where a library call costs more
+        // than the copy.
+        if (cs == 1) {
+            for (index_t n = 0; n < N; ++n) d[n] = s[n];
+        } else {
+            for (index_t n = 0; n < N; ++n) d[n] = s[n * cs];
+        }
+        for (index_t n = N; n < Np; ++n) d[n] = T(0);
+    }
+}
+
+// Microkernel: the MR x (NV*width) tile C[r, j] := sum_p A[r*rs + p*cs] * Bp[p*ldb + j] (+ bias[j]),
+// accumulated in registers over p = 0..P-1 in ascending order, then stored to the first `ncols`
+// columns of C (row stride ldc). C is overwritten. bias may be null.
+template <typename T, int MR, int NV>
+inline void micro_tile(T* C, index_t ldc, index_t ncols, const T* A, index_t rs, index_t cs,
+                       const T* Bp, index_t ldb, index_t P, const T* bias) {
+    using vec = typename Simd<T>::vec;
+    constexpr index_t W = Simd<T>::width;
+    vec acc[MR][NV];
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = vec{} ;
+    for (index_t p = 0; p < P; ++p) {
+        vec b[NV];
+        std::memcpy(b, Bp + p * ldb, sizeof(b));
+        for (int r = 0; r < MR; ++r) {
+            const T a = A[r * rs + p * cs];
+            for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+        }
+    }
+    if (bias) {
+        vec bv[NV];
+        std::memcpy(bv, bias, sizeof(bv));
+        for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < NV; ++v) acc[r][v] += bv[v];
+    }
+    if (ncols >= NV * W) {
+        for (int r = 0; r < MR; ++r) std::memcpy(C + r * ldc, acc[r], sizeof(acc[r]));
+    } else {
+        for (int r = 0; r < MR; ++r) {
+            T tile[NV * W];
+            std::memcpy(tile, acc[r], sizeof(tile));
+            for (index_t j = 0; j < ncols; ++j) C[r * ldc + j] = tile[j];
+        }
+    }
+}
+
+template <typename T, int MR>
+inline void micro_row_block(T* C, index_t ldc, index_t N, const T* A, index_t rs, index_t cs,
+                            const T* Bp, index_t ldb, index_t P, const T* bias) {
+    constexpr index_t W = Simd<T>::width;
+    index_t j = 0;
+    for (; j + 2 * W <= ldb; j += 2 * W)
+        micro_tile<T, MR, 2>(C + j, ldc, N - j, A, rs, cs, Bp + j, ldb, P, bias ? bias + j : nullptr);
+    if (j < ldb)
+        micro_tile<T, MR, 1>(C + j, ldc, N - j, A, rs, cs, Bp + j, ldb, P, bias ? bias + j : nullptr);
+}
+
+// Product with a packed right operand.
+//   C (M, N), row stride ldc, overwritten:  C[m, n] := sum_{p<P} A[m*rs + p*cs] * Bp[p, n]  (+ bias[n])
+//   A: (M, P) addressed through strides (rs, cs), so A may be a transposed view.
+//   Bp: (P, Np) packed by pack_panel (Np = round_up(N, width), zero padding). bias: (Np,) padded, or null.
+template <typename T>
+void gemm_packed(T* C, index_t ldc, const T* A, index_t rs, index_t cs, const T* Bp, index_t M,
+                 index_t N, index_t P, const T* bias) {
+    const index_t ldb = round_up(N, Simd<T>::width);
+    index_t m = 0;
+    for (; m + 4 <= M; m += 4)
+        micro_row_block<T, 4>(C + m * ldc, ldc, N, A + m * rs, rs, cs, Bp, ldb, P, bias);
+    const index_t left = M - m;
+    T* c = C + m * ldc;
+    const T* a = A + m * rs;
+    if (left == 3) micro_row_block<T, 3>(c, ldc, N, a, rs, cs, Bp, ldb, P, bias);
+    if (left == 2) micro_row_block<T, 2>(c, ldc, N, a, rs, cs, Bp, ldb, P, bias);
+    if (left == 1) micro_row_block<T, 1>(c, ldc, N, a, rs, cs, Bp, ldb, P, bias);
+}
+
+// Scratch space the optimized kernels pack into; owned by the caller so that the training loop
+// allocates nothing per step.
+template <typename T>
+struct DenseScratch {
+    std::vector<T> packed;  // a packed right operand
+    std::vector<T> bias;    // the padded bias
+    T* reserve(index_t n) {
+        if (static_cast<index_t>(packed.size()) < n) packed.resize(n);
+        return packed.data();
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Dense forward:  Y := act(X W + b)
+//   X (B, K), W (K, N), b (N,) or null (use_bias=False), Y (B, N) overwritten.
+//   Edge cases: B == 0 writes nothing; softmax normalizes each row of Y.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void dense_forward_naive(T* Y, const T* X, const T* W, const T* b, index_t B, index_t K, index_t N, Act act) {
+    for (index_t i = 0; i < B; ++i) {
+        for (index_t n = 0; n < N; ++n) {
+            T acc = 0;
+            for (index_t k = 0; k < K; ++k) acc += X[i * K + k] * W[k * N + n];
+            Y[i * N + n] = b ? acc + b[n] : acc;
+        }
+        act_forward_row(act, Y + i * N, N);
+    }
+}
+
+template <typename T>
+void dense_forward(T* Y, const T* X, const T* W, const T* b, index_t B, index_t K, index_t N, Act act,
+                   DenseScratch<T>& s) {
+    const index_t Np = round_up(N, Simd<T>::width);
+    T* Wp = s.reserve(K * Np);
+    pack_panel(Wp, W, K, N, N, 1);
+    const T* bias = nullptr;
+    if (b) {
+        s.bias.assign(Np, T(0));
+        std::copy(b, b + N, s.bias.begin());
+        bias = s.bias.data();
+    }
+    gemm_packed(Y, N, X, K, 1, Wp, B, N, K, bias);
+    for (index_t i = 0; i < B; ++i) act_forward_row(act, Y + i * N, N);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense backward, given dY = dL/dA for A = act(X W + b):
+//   dY (B, N): on entry dL/dA, OVERWRITTEN with dZ = dL/dZ = dY * act'(Z) (computed from A).
+//   A (B, N): this layer's forward output.
+//   dW (K, N) := X^T dZ      (overwritten; each element sums over the batch rows in ascending order)
+//   db (N,)   := colsum(dZ)  (overwritten; null when the layer has no bias)
+//   dX (B, K) := dZ W^T      (overwritten; null when the input gradient is not needed)
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void dense_backward_naive(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T* A, index_t B,
+                          index_t K, index_t N, Act act) {
+    for (index_t i = 0; i < B; ++i) act_backward_row(act, A + i * N, dY + i * N, N);
+    for (index_t k = 0; k < K; ++k)
+        for (index_t n = 0; n < N; ++n) {
+            T acc = 0;
+            for (index_t i = 0; i < B; ++i) acc += X[i * K + k] * dY[i * N + n];
+            dW[k * N + n] = acc;
+        }
+    if (db)
+        for (index_t n = 0; n < N; ++n) {
+            T acc = 0;
+            for (index_t i = 0; i < B; ++i) acc += dY[i * N + n];
+            db[n] = acc;
+        }
+    if (dX)
+        for (index_t i = 0; i < B; ++i)
+            for (index_t k = 0; k < K; ++k) {
+                T acc = 0;
+                for (index_t n = 0; n < N; ++n) acc += dY[i * N + n] * W[k * N + n];
+                dX[i * K + k] = acc;
+            }
+}
+
+template <typename T>
+void dense_backward(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T* A, index_t B, index_t K,
+                    index_t N, Act act, DenseScratch<T>& s) {
+    const index_t Np = round_up(N, Simd<T>::width);
+    const index_t Kp = round_up(K, Simd<T>::width);
+    T* buf = s.reserve(std::max(B * Np, N * Kp));
+    // dZ in place, then packed with the bias gradient accumulated in the same pass.
+    if (db) std::fill(db, db + N, T(0));
+    for (index_t i = 0; i < B; ++i) {
+        T* d = dY + i * N;
+        act_backward_row(act, A + i * N, d, N);
+        if (db)
+            for (index_t n = 0; n < N; ++n) db[n] += d[n];
+    }
+    pack_panel(buf, dY, B, N, N, 1);
+    gemm_packed(dW, N, X, 1, K, buf, K, N, B, static_cast<const T*>(nullptr));
+    if (dX) {
+        pack_panel(buf, W, N, K, 1, N);  // W^T, (N, Kp)
+        gemm_packed(dX, K, dY, N, 1, buf, B, K, N, static_cast<const T*>(nullptr));
+    }
+}
+
+}  // namespace fastmlp

@@ -1,0 +1,239 @@
+#include "engine.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "losses.hpp"
+#include "optim.hpp"
+#include "shuffle.hpp"
+
+namespace fastmlp {
+
+Act parse_act(const std::string& name) {
+    if (name == "linear") return Act::Linear;
+    if (name == "relu") return Act::Relu;
+    if (name == "sigmoid") return Act::Sigmoid;
+    if (name == "tanh") return Act::Tanh;
+    if (name == "softmax") return Act::Softmax;
+    throw std::invalid_argument("Unknown activation '" + name +
+                                "'. Expected one of: linear, relu, sigmoid, tanh, softmax.");
+}
+
+LossKind parse_loss(const std::string& name) {
+    if (name == "binary_crossentropy") return LossKind::BinaryCrossentropy;
+    if (name == "categorical_crossentropy") return LossKind::CategoricalCrossentropy;
+    if (name == "sparse_categorical_crossentropy") return LossKind::SparseCategoricalCrossentropy;
+    if (name == "mean_squared_error") return LossKind::MeanSquaredError;
+    throw std::invalid_argument("Unknown loss '" + name +
+                                "'. Expected one of: binary_crossentropy, categorical_crossentropy, "
+                                "sparse_categorical_crossentropy, mean_squared_error.");
+}
+
+MetricKind parse_metric(const std::string& name) {
+    if (name == "binary_accuracy") return MetricKind::BinaryAccuracy;
+    if (name == "categorical_accuracy") return MetricKind::CategoricalAccuracy;
+    if (name == "sparse_categorical_accuracy") return MetricKind::SparseCategoricalAccuracy;
+    throw std::invalid_argument("Unknown metric '" + name +
+                                "'. Expected one of: binary_accuracy, categorical_accuracy, "
+                                "sparse_categorical_accuracy.");
+}
+
+template <typename T>
+Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, SGDConfig sgd)
+    : layers_(std::move(layers)), loss_(loss), metrics_(std::move(metrics)), sgd_(sgd) {
+    require(!layers_.empty(), "A model needs at least one layer.");
+    index_t size = 0;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const LayerSpec& s = layers_[l];
+        require(s.in > 0 && s.out > 0, "Layer " + std::to_string(l) + " has a non-positive size.");
+        require(l == 0 || s.in == layers_[l - 1].out,
+                "Layer " + std::to_string(l) + " expects " + std::to_string(s.in) + " inputs but the previous layer has " +
+                    std::to_string(layers_[l - 1].out) + " units.");
+        w_off_.push_back(size);
+        size += s.in * s.out;
+        b_off_.push_back(s.use_bias ? size : -1);
+        if (s.use_bias) size += s.out;
+    }
+    params_.assign(size, T(0));
+    grads_.assign(size, T(0));
+    velocity_.assign(size, T(0));
+    acts_.resize(layers_.size());
+}
+
+template <typename T>
+index_t Engine<T>::target_cols() const {
+    return loss_ == LossKind::SparseCategoricalCrossentropy ? 1 : layers_.back().out;
+}
+
+template <typename T>
+void Engine<T>::set_iterations(std::int64_t t) {
+    require(t >= 0, "iterations must be non-negative.");
+    iterations_ = t;
+}
+
+template <typename T>
+void Engine<T>::ensure_batch(index_t B) {
+    if (B <= cap_) return;
+    index_t widest = layers_[0].in;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        acts_[l].resize(B * layers_[l].out);
+        widest = std::max(widest, layers_[l].out);
+    }
+    xb_.resize(B * layers_[0].in);
+    yb_.resize(B * target_cols());
+    delta_a_.resize(B * widest);
+    delta_b_.resize(B * widest);
+    cap_ = B;
+}
+
+template <typename T>
+void Engine<T>::check_labels(const T* Y, index_t n) const {
+    if (loss_ != LossKind::SparseCategoricalCrossentropy &&
+        std::find(metrics_.begin(), metrics_.end(), MetricKind::SparseCategoricalAccuracy) == metrics_.end())
+        return;
+    const index_t C = layers_.back().out;
+    for (index_t i = 0; i < n; ++i) {
+        const T y = Y[i * target_cols()];
+        require(y >= T(0) && y < T(C) && y == std::floor(y),
+                "Sparse labels must be integers in [0, " + std::to_string(C) + "); received " + std::to_string(y) +
+                    " at row " + std::to_string(i) + ".");
+    }
+}
+
+template <typename T>
+const T* Engine<T>::forward(const T* X, index_t B, std::vector<std::vector<T>>& acts) {
+    const T* in = X;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const LayerSpec& s = layers_[l];
+        const T* b = s.use_bias ? params_.data() + b_off_[l] : nullptr;
+        dense_forward(acts[l].data(), in, params_.data() + w_off_[l], b, B, s.in, s.out, s.act, scratch_);
+        in = acts[l].data();
+    }
+    return in;
+}
+
+// One batch (already gathered into X, Y): forward, loss, metrics, backward into grads_.
+template <typename T>
+double Engine<T>::forward_backward(const T* X, const T* Y, index_t B, std::vector<double>* metric_sums) {
+    const T* P = forward(X, B, acts_);
+    const LayerSpec& last = layers_.back();
+    const index_t yc = target_cols();
+    T* dZ = delta_a_.data();
+    const double loss = output_loss(loss_, last.act, P, Y, yc, B, last.out, T(1) / T(B), dZ);
+    if (metric_sums)
+        for (std::size_t m = 0; m < metrics_.size(); ++m)
+            (*metric_sums)[m] += accuracy_sum(metrics_[m], P, Y, yc, B, last.out);
+    // dZ of the last layer is final (the loss folded the activation in): backward with Linear.
+    T* d = delta_a_.data();
+    T* d_prev = delta_b_.data();
+    for (std::size_t l = layers_.size(); l-- > 0;) {
+        const LayerSpec& s = layers_[l];
+        const T* in = l == 0 ? X : acts_[l - 1].data();
+        T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
+        dense_backward(l == 0 ? static_cast<T*>(nullptr) : d_prev, grads_.data() + w_off_[l], db, d, in,
+                       params_.data() + w_off_[l], acts_[l].data(), B, s.in, s.out,
+                       l + 1 == layers_.size() ? Act::Linear : s.act, scratch_);
+        std::swap(d, d_prev);
+    }
+    return loss;
+}
+
+template <typename T>
+void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) {
+    require(n > 0, "Cannot train on an empty dataset (0 samples).");
+    require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
+    if (shuffle) {
+        shuffle_permutation(order_, order_tmp_, n, seed, epoch);
+    } else {
+        order_.resize(n);
+        for (index_t i = 0; i < n; ++i) order_[i] = std::uint64_t(i);
+    }
+    epoch_n_ = n;
+    batch_size_ = batch_size;
+    sums_ = EpochSums{};
+    sums_.metrics.assign(metrics_.size(), 0.0);
+    sums_.steps_total = (n + batch_size - 1) / batch_size;
+}
+
+template <typename T>
+EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_steps) {
+    require(n == epoch_n_, "train_steps: the data has " + std::to_string(n) + " rows but the epoch was begun with " +
+                               std::to_string(epoch_n_) + ".");
+    check_labels(Y, n);
+    const index_t K = layers_[0].in, yc = target_cols();
+    ensure_batch(std::min(batch_size_, n));
+    index_t end = sums_.steps_total;
+    if (max_steps > 0) end = std::min(end, sums_.steps_done + max_steps);
+    for (index_t step = sums_.steps_done; step < end; ++step) {
+        const index_t start = step * batch_size_;
+        const index_t B = std::min(batch_size_, n - start);
+        for (index_t r = 0; r < B; ++r) {
+            const index_t src = static_cast<index_t>(order_[start + r] & 0xFFFFFFFFULL);
+            for (index_t k = 0; k < K; ++k) xb_[r * K + k] = X[src * K + k];
+            for (index_t j = 0; j < yc; ++j) yb_[r * yc + j] = Y[src * yc + j];
+        }
+        const double loss = forward_backward(xb_.data(), yb_.data(), B, &sums_.metrics);
+        const T lr = decayed_lr<T>(sgd_.learning_rate, sgd_.decay, iterations_);
+        sgd_update(params_.data(), grads_.data(), velocity_.data(), static_cast<index_t>(params_.size()), lr,
+                   T(sgd_.momentum), sgd_.nesterov);
+        ++iterations_;
+        sums_.loss += loss;
+        sums_.samples += B;
+        sums_.steps_done = step + 1;
+    }
+    return sums_;
+}
+
+template <typename T>
+void Engine<T>::predict(const T* X, index_t n, T* out, index_t batch_size) {
+    require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
+    // Rows are independent and each output's summation order does not depend on the batch, so the
+    // chunk size is free: a large one amortizes the packing.
+    const index_t chunk = std::max<index_t>(batch_size, 256);
+    std::vector<std::vector<T>> acts(layers_.size());
+    const index_t B0 = std::min(chunk, n);
+    for (std::size_t l = 0; l < layers_.size(); ++l) acts[l].resize(B0 * layers_[l].out);
+    const index_t C = layers_.back().out;
+    for (index_t start = 0; start < n; start += chunk) {
+        const index_t B = std::min(chunk, n - start);
+        const T* P = forward(X + start * layers_[0].in, B, acts);
+        std::copy(P, P + B * C, out + start * C);
+    }
+}
+
+template <typename T>
+EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_size) {
+    require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
+    check_labels(Y, n);
+    EpochSums sums;
+    sums.metrics.assign(metrics_.size(), 0.0);
+    const index_t chunk = std::max<index_t>(batch_size, 256);
+    std::vector<std::vector<T>> acts(layers_.size());
+    const index_t B0 = std::min(chunk, n);
+    for (std::size_t l = 0; l < layers_.size(); ++l) acts[l].resize(B0 * layers_[l].out);
+    const index_t K = layers_[0].in, yc = target_cols(), C = layers_.back().out;
+    for (index_t start = 0; start < n; start += chunk) {
+        const index_t B = std::min(chunk, n - start);
+        const T* P = forward(X + start * K, B, acts);
+        const T* y = Y + start * yc;
+        sums.loss += output_loss(loss_, layers_.back().act, P, y, yc, B, C, T(1) / T(B), static_cast<T*>(nullptr));
+        for (std::size_t m = 0; m < metrics_.size(); ++m) sums.metrics[m] += accuracy_sum(metrics_[m], P, y, yc, B, C);
+        sums.samples += B;
+    }
+    sums.steps_done = sums.steps_total = (n + batch_size - 1) / batch_size;
+    return sums;
+}
+
+template <typename T>
+double Engine<T>::compute_gradients(const T* X, const T* Y, index_t n) {
+    require(n > 0, "compute_gradients needs at least one sample.");
+    check_labels(Y, n);
+    ensure_batch(n);
+    return forward_backward(X, Y, n, nullptr);
+}
+
+template class Engine<float>;
+template class Engine<double>;
+
+}  // namespace fastmlp

@@ -1,0 +1,30 @@
+"""fastmlp: Keras-compatible dense neural networks on native C++ kernels.
+
+    from fastmlp.models import Sequential
+    from fastmlp.layers import Dense
+    import fastmlp.optimizers
+"""
+
+from . import _core, activations, backend, callbacks, initializers, layers, losses, metrics, models, optimizers
+from . import reference, utils
+from .layers import Dense, Input
+from .models import Sequential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "activations",
+    "backend",
+    "callbacks",
+    "initializers",
+    "layers",
+    "losses",
+    "metrics",
+    "models",
+    "optimizers",
+    "reference",
+    "utils",
+    "Dense",
+    "Input",
+    "Sequential",
+]

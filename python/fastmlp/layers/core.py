@@ -1,0 +1,157 @@
+"""Core layers: ``Dense`` and ``InputLayer`` (importable as ``fastmlp.layers.core.Dense``)."""
+
+import numpy as np
+
+from .. import activations, initializers
+
+_NAME_COUNTS = {}
+
+
+def _auto_name(prefix):
+    n = _NAME_COUNTS.get(prefix, 0)
+    _NAME_COUNTS[prefix] = n + 1
+    return prefix if n == 0 else f"{prefix}_{n}"
+
+
+def _positive_int(value, name, owner):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(
+            f"Received an invalid value for `{name}` of {owner}, expected a positive integer. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _input_dim_from_shape(input_shape, owner):
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 1:
+        raise ValueError(
+            f"{owner} takes flat inputs: expected `input_shape` to be a 1-tuple such as (features,). "
+            f"Received: input_shape={input_shape!r}"
+        )
+    return _positive_int(input_shape[0], "input_shape[0]", owner)
+
+
+class Layer:
+    def __init__(self, name=None):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"Expected `name` to be a string. Received: name={name!r}")
+        self.name = name or _auto_name(self._name_prefix)
+        self.built = False
+        self.input_dim = None
+
+    _name_prefix = "layer"
+
+    def get_weights(self):
+        return []
+
+    def set_weights(self, weights):
+        if len(weights):
+            raise ValueError(f"Layer {self.name!r} has no weights; received {len(weights)} arrays.")
+
+    @property
+    def weights(self):
+        return []
+
+    def count_params(self):
+        return int(sum(np.prod(w.shape) for w in self.weights))
+
+
+class InputLayer(Layer):
+    """Declares the model's input: ``InputLayer(shape=(features,))``; ``fastmlp.layers.Input`` makes one."""
+
+    _name_prefix = "input_layer"
+
+    def __init__(self, shape=None, batch_size=None, name=None, input_shape=None):
+        super().__init__(name)
+        shape = shape if shape is not None else input_shape
+        self.input_dim = _input_dim_from_shape(shape, "InputLayer")
+        self.batch_size = batch_size
+        self.units = self.input_dim
+        self.built = True
+
+
+def Input(shape=None, batch_size=None, name=None):
+    """An input declaration for ``Sequential``: ``Input(shape=(features,))``."""
+    return InputLayer(shape=shape, batch_size=batch_size, name=name)
+
+
+class Dense(Layer):
+    """Densely connected layer: ``output = activation(dot(input, kernel) + bias)``.
+
+    Args:
+        units: positive integer, dimensionality of the output.
+        activation: activation name (``'relu'``, ``'softmax'``, ...) or None for linear.
+        use_bias: whether the layer has a bias vector.
+        kernel_initializer: initializer of the kernel, shape ``(input_dim, units)``.
+        bias_initializer: initializer of the bias, shape ``(units,)``.
+        input_dim, input_shape: the input size, on the first layer of a ``Sequential``.
+    """
+
+    _name_prefix = "dense"
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", input_dim=None, input_shape=None, name=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"Dense got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
+        super().__init__(name)
+        self.units = _positive_int(units, "units", "Dense")
+        self.activation = activations.get(activation)
+        if not isinstance(use_bias, bool):
+            raise TypeError(f"Expected `use_bias` to be True or False. Received: use_bias={use_bias!r}")
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        if input_dim is not None and input_shape is not None:
+            raise ValueError("Pass either `input_dim` or `input_shape` to Dense, not both.")
+        if input_dim is not None:
+            self.input_dim = _positive_int(input_dim, "input_dim", "Dense")
+        elif input_shape is not None:
+            self.input_dim = _input_dim_from_shape(input_shape, "Dense")
+        self.kernel = None
+        self.bias = None
+
+    def build(self, input_dim, dtype="float32"):
+        """Create the weights for `input_dim` inputs, drawing them from the initializers."""
+        self.input_dim = input_dim
+        self.kernel = self.kernel_initializer((input_dim, self.units), dtype)
+        self.bias = self.bias_initializer((self.units,), dtype) if self.use_bias else None
+        self.built = True
+
+    @property
+    def weights(self):
+        if not self.built:
+            return []
+        return [self.kernel] + ([self.bias] if self.use_bias else [])
+
+    def get_weights(self):
+        return [np.array(w) for w in self.weights]
+
+    def set_weights(self, weights):
+        expected = self.weights
+        if len(weights) != len(expected):
+            raise ValueError(
+                f"Layer {self.name!r} expects {len(expected)} weight arrays (kernel"
+                f"{' and bias' if self.use_bias else ''}); received {len(weights)}."
+            )
+        for target, value, what in zip(expected, weights, ("kernel", "bias")):
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"Layer {self.name!r} {what} has shape {target.shape}; received an array of shape {value.shape}."
+                )
+            if not np.issubdtype(value.dtype, np.number) or np.iscomplexobj(value):
+                raise TypeError(f"Layer {self.name!r} {what} must be real numbers; received dtype {value.dtype}.")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"Layer {self.name!r} {what} contains NaN or infinity.")
+        for target, value in zip(expected, weights):
+            target[...] = value
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "units": self.units,
+            "activation": self.activation,
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.name_of(self.kernel_initializer),
+            "bias_initializer": initializers.name_of(self.bias_initializer),
+        }

@@ -1,0 +1,138 @@
+"""The NumPy reference engine: the native Engine's interface and maths in plain NumPy.
+
+Selected with ``model.compile(..., backend='numpy')``. Parameters, gradients and optimizer state
+live in flat arenas with per-layer views, as in the native engine, so the two are interchangeable
+behind ``fastmlp.models.Sequential``.
+"""
+
+import numpy as np
+
+from . import kernels as K
+
+
+class ReferenceEngine:
+    def __init__(self, layers, loss, metrics, learning_rate, momentum, decay, nesterov, dtype=np.float32):
+        self.dtype = np.dtype(dtype)
+        self.layers = [tuple(s) for s in layers]
+        self.loss = loss
+        self.metrics = list(metrics)
+        self.learning_rate = float(learning_rate)
+        self.momentum = float(momentum)
+        self.decay = float(decay)
+        self.nesterov = bool(nesterov)
+        self.iterations = 0
+        self._offsets = []
+        size = 0
+        for n_in, n_out, _act, use_bias in self.layers:
+            w_off = size
+            size += n_in * n_out
+            b_off = size if use_bias else -1
+            size += n_out if use_bias else 0
+            self._offsets.append((w_off, b_off))
+        self.params = np.zeros(size, self.dtype)
+        self.grads = np.zeros(size, self.dtype)
+        self.velocity = np.zeros(size, self.dtype)
+        self._epoch = None
+
+    @property
+    def target_cols(self):
+        return 1 if self.loss == "sparse_categorical_crossentropy" else self.layers[-1][1]
+
+    def weight_views(self, arena="params"):
+        buf = {"params": self.params, "grads": self.grads, "velocity": self.velocity}[arena]
+        views = []
+        for (n_in, n_out, _act, use_bias), (w_off, b_off) in zip(self.layers, self._offsets):
+            views.append(buf[w_off : w_off + n_in * n_out].reshape(n_in, n_out))
+            if use_bias:
+                views.append(buf[b_off : b_off + n_out])
+        return views
+
+    def _forward(self, x):
+        acts = []
+        views = self.weight_views("params")
+        i = 0
+        for _n_in, _n_out, act, use_bias in self.layers:
+            w = views[i]
+            b = views[i + 1] if use_bias else None
+            i += 2 if use_bias else 1
+            x = K.dense_forward(x, w, b, act)
+            acts.append(x)
+        return acts
+
+    def _forward_backward(self, x, y, metric_sums=None):
+        acts = self._forward(x)
+        p = acts[-1]
+        total, d = K.output_loss(p, y, self.loss, self.layers[-1][2])
+        if metric_sums is not None:
+            for m, name in enumerate(self.metrics):
+                metric_sums[m] += float(K.accuracy_per_sample(p, y, name).sum())
+        params = self.weight_views("params")
+        grads = self.weight_views("grads")
+        i = len(params)
+        for l in range(len(self.layers) - 1, -1, -1):
+            _n_in, _n_out, act, use_bias = self.layers[l]
+            i -= 2 if use_bias else 1
+            inp = x if l == 0 else acts[l - 1]
+            dx, dw, db, _dz = K.dense_backward(
+                inp, params[i], acts[l], d, "linear" if l == len(self.layers) - 1 else act, use_bias, l > 0
+            )
+            grads[i][...] = dw
+            if use_bias:
+                grads[i + 1][...] = db
+            d = dx
+        return total
+
+    def begin_epoch(self, n, batch_size, shuffle, seed, epoch):
+        order = K.permutation(n, seed, epoch) if shuffle else np.arange(n)
+        self._epoch = {
+            "order": order,
+            "n": n,
+            "batch_size": batch_size,
+            "sums": {
+                "loss": 0.0,
+                "metrics": [0.0] * len(self.metrics),
+                "samples": 0,
+                "steps_done": 0,
+                "steps_total": -(-n // batch_size),
+            },
+        }
+
+    def train_steps(self, x, y, max_steps=0):
+        x = np.ascontiguousarray(x, self.dtype)
+        y = np.ascontiguousarray(y, self.dtype)
+        ep = self._epoch
+        s = ep["sums"]
+        bs = ep["batch_size"]
+        end = s["steps_total"] if max_steps <= 0 else min(s["steps_total"], s["steps_done"] + max_steps)
+        for step in range(s["steps_done"], end):
+            idx = ep["order"][step * bs : (step + 1) * bs]
+            loss = self._forward_backward(x[idx], y[idx], s["metrics"])
+            lr = K.decayed_lr(self.learning_rate, self.decay, self.iterations, self.dtype.type)
+            K.sgd_update(self.params, self.grads, self.velocity, lr, self.momentum, self.nesterov)
+            self.iterations += 1
+            s["loss"] += loss
+            s["samples"] += len(idx)
+            s["steps_done"] = step + 1
+        return dict(s, metrics=list(s["metrics"]))
+
+    def predict(self, x, batch_size=32):
+        x = np.ascontiguousarray(x, self.dtype)
+        return np.concatenate(
+            [self._forward(x[i : i + batch_size])[-1] for i in range(0, len(x), batch_size)]
+        ) if len(x) else np.zeros((0, self.layers[-1][1]), self.dtype)
+
+    def evaluate(self, x, y, batch_size=32):
+        x = np.ascontiguousarray(x, self.dtype)
+        y = np.ascontiguousarray(y, self.dtype)
+        loss, metrics = 0.0, [0.0] * len(self.metrics)
+        for i in range(0, len(x), batch_size):
+            p = self._forward(x[i : i + batch_size])[-1]
+            yb = y[i : i + batch_size]
+            loss += float(K.loss_per_sample(p, yb, self.loss).astype(np.float64).sum())
+            for m, name in enumerate(self.metrics):
+                metrics[m] += float(K.accuracy_per_sample(p, yb, name).sum())
+        steps = -(-len(x) // batch_size)
+        return {"loss": loss, "metrics": metrics, "samples": len(x), "steps_done": steps, "steps_total": steps}
+
+    def compute_gradients(self, x, y):
+        return self._forward_backward(np.asarray(x, self.dtype), np.asarray(y, self.dtype))

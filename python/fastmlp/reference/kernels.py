@@ -1,0 +1,191 @@
+"""The NumPy reference of every native kernel: the same maths, plainly vectorized.
+
+This is the test oracle for ``csrc/`` and the benchmark baseline. Conventions are the native
+kernels' (see ``csrc/losses.hpp``): Keras's clipping of probabilities at 1e-7 in the loss values,
+zero gradient where that clip is active, and the analytic logit gradient for softmax with
+(sparse) categorical cross-entropy and sigmoid with binary cross-entropy. Arrays keep the dtype
+they are given (float32 for training, float64 for gradient checks).
+"""
+
+import numpy as np
+
+EPSILON = 1e-7
+
+
+def as_float(x):
+    x = np.asarray(x)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+
+
+# ---- activations: forward and backward (backward from the output a = act(z)) ----
+
+
+def act_forward(z, act):
+    if act == "linear":
+        return z
+    if act == "relu":
+        return np.maximum(z, 0)
+    if act == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    if act == "tanh":
+        return np.tanh(z)
+    if act == "softmax":
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    raise ValueError(f"Unknown activation {act!r}")
+
+
+def act_backward(a, da, act):
+    """dL/dz from dL/da, where a = act(z)."""
+    if act == "linear":
+        return da
+    if act == "relu":
+        return np.where(a > 0, da, 0).astype(a.dtype)
+    if act == "sigmoid":
+        return da * (a * (1 - a))
+    if act == "tanh":
+        return da * (1 - a * a)
+    if act == "softmax":
+        return a * (da - (da * a).sum(axis=-1, keepdims=True))
+    raise ValueError(f"Unknown activation {act!r}")
+
+
+# ---- dense layer ----
+
+
+def dense_forward(x, w, b, act):
+    """act(x @ w + b); x (B, K), w (K, N), b (N,) or None."""
+    z = x @ w
+    if b is not None:
+        z = z + b
+    return act_forward(z, act)
+
+
+def dense_backward(x, w, a, dy, act, use_bias=True, need_dx=True):
+    """(dx, dw, db, dz) from dy = dL/da for a = act(x @ w + b)."""
+    dz = act_backward(a, dy, act)
+    dw = x.T @ dz
+    db = dz.sum(axis=0) if use_bias else None
+    dx = dz @ w.T if need_dx else None
+    return dx, dw, db, dz
+
+
+# ---- losses (per sample) and their gradients ----
+
+
+def _sparse_onehot(y, c, dtype):
+    labels = y.reshape(-1).astype(np.int64)
+    return np.eye(c, dtype=dtype)[labels]
+
+
+def loss_per_sample(p, y, loss):
+    """Per-sample loss values (B,), Keras 3 definitions with clipping."""
+    one, eps = p.dtype.type(1), p.dtype.type(EPSILON)
+    if loss == "binary_crossentropy":
+        q = np.clip(p, eps, one - eps)
+        return -(y * np.log(q) + (one - y) * np.log(one - q)).mean(axis=-1)
+    if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
+        if loss == "sparse_categorical_crossentropy":
+            y = _sparse_onehot(y, p.shape[-1], p.dtype)
+        q = np.clip(p / p.sum(axis=-1, keepdims=True), eps, one - eps)
+        return -(y * np.log(q)).sum(axis=-1)
+    if loss == "mean_squared_error":
+        return ((p - y) ** 2).mean(axis=-1)
+    raise ValueError(f"Unknown loss {loss!r}")
+
+
+def loss_grad(p, y, loss):
+    """dL/dp for L = mean over the batch of the per-sample losses (zero where the clip is active)."""
+    bsz, c = p.shape
+    one, eps = p.dtype.type(1), p.dtype.type(EPSILON)
+    if loss == "binary_crossentropy":
+        clipped = (p < eps) | (p > one - eps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = (-(y / p) + (one - y) / (one - p)) / c
+        return np.where(clipped, 0, g).astype(p.dtype) / bsz
+    if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
+        if loss == "sparse_categorical_crossentropy":
+            y = _sparse_onehot(y, c, p.dtype)
+        tot = p.sum(axis=-1, keepdims=True)
+        q = p / tot
+        clipped = (q < eps) | (q > one - eps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gq = np.where(clipped, 0, -y / q).astype(p.dtype)
+        return (gq - (gq * q).sum(axis=-1, keepdims=True)) / tot / bsz
+    if loss == "mean_squared_error":
+        return 2 * (p - y) / c / bsz
+    raise ValueError(f"Unknown loss {loss!r}")
+
+
+def output_loss(p, y, loss, act):
+    """(sum of per-sample losses, dL/dz of the output layer): the fused paths' analytic gradients
+    where they apply, else dL/dp through the activation's backward."""
+    bsz, c = p.shape
+    total = float(loss_per_sample(p, y, loss).astype(np.float64).sum())
+    if act == "softmax" and loss == "sparse_categorical_crossentropy":
+        dz = (p - _sparse_onehot(y, c, p.dtype)) / bsz
+    elif act == "softmax" and loss == "categorical_crossentropy":
+        dz = (p * y.sum(axis=-1, keepdims=True) - y) / bsz
+    elif act == "sigmoid" and loss == "binary_crossentropy":
+        dz = (p - y) / c / bsz
+    else:
+        dz = act_backward(p, loss_grad(p, y, loss), act)
+    return total, dz.astype(p.dtype)
+
+
+# ---- metrics ----
+
+
+def accuracy_per_sample(p, y, metric):
+    if metric == "binary_accuracy":
+        return ((p > 0.5).astype(p.dtype) == y).mean(axis=-1)
+    if metric == "categorical_accuracy":
+        return (p.argmax(axis=-1) == y.argmax(axis=-1)).astype(np.float64)
+    if metric == "sparse_categorical_accuracy":
+        return (p.argmax(axis=-1) == y.reshape(-1).astype(np.int64)).astype(np.float64)
+    raise ValueError(f"Unknown metric {metric!r}")
+
+
+# ---- optimizer ----
+
+
+def decayed_lr(lr, decay, t, dtype=np.float32):
+    """Keras 2 decay, lr / (1 + decay * t), computed in `dtype` as Keras does."""
+    one = dtype(1)
+    return dtype(dtype(lr) / (one + dtype(decay) * dtype(t)))
+
+
+def sgd_update(w, g, v, lr, momentum, nesterov):
+    """Keras momentum SGD, in place: v = mu*v - lr*g; w += v (nesterov: w += mu*v - lr*g)."""
+    lr = w.dtype.type(lr)
+    mu = w.dtype.type(momentum)
+    if mu == 0:
+        w -= g * lr
+        return
+    v *= mu
+    v -= g * lr
+    if nesterov:
+        w += v * mu - g * lr
+    else:
+        w += v
+
+
+# ---- shuffling: the same counter-based permutation as csrc/shuffle.hpp ----
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def permutation(n, seed, epoch):
+    """Indices 0..n-1 sorted by (SplitMix64 key of (seed, epoch, i), i)."""
+    with np.errstate(over="ignore"):
+        stream = _mix64(np.array([seed], dtype=np.uint64) + _GOLDEN * np.uint64(epoch + 1))
+        counters = np.arange(1, n + 1, dtype=np.uint64)
+        keys = _mix64(stream + _GOLDEN * counters) >> np.uint64(32)
+    packed = (keys << np.uint64(32)) | np.arange(n, dtype=np.uint64)
+    return (np.sort(packed) & np.uint64(0xFFFFFFFF)).astype(np.int64)
