@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "common.hpp"
+#include "mathfun.hpp"
 
 namespace fastmlp {
 
@@ -19,7 +20,7 @@ inline void softmax_row(T* a, index_t n) {
     for (index_t j = 0; j < n; ++j) m = std::max(m, a[j]);
     T s = 0;
     for (index_t j = 0; j < n; ++j) {
-        a[j] = std::exp(a[j] - m);
+        a[j] = vexp(a[j] - m);
         s += a[j];
     }
     const T inv = T(1) / s;
@@ -35,7 +36,7 @@ inline void act_forward_row(Act act, T* a, index_t n) {
             for (index_t j = 0; j < n; ++j) a[j] = a[j] > T(0) ? a[j] : T(0);
             break;
         case Act::Sigmoid:
-            for (index_t j = 0; j < n; ++j) a[j] = T(1) / (T(1) + std::exp(-a[j]));
+            for (index_t j = 0; j < n; ++j) a[j] = T(1) / (T(1) + vexp(-a[j]));
             break;
         case Act::Tanh:
             for (index_t j = 0; j < n; ++j) a[j] = std::tanh(a[j]);
@@ -66,6 +67,43 @@ inline void act_backward_row(Act act, const T* a, T* d, index_t n) {
             for (index_t j = 0; j < n; ++j) d[j] = a[j] * (d[j] - dot);
             break;
         }
+    }
+}
+
+// The same over a (rows, cols) row-major block. Elementwise activations run as one flat loop
+// (vectorizable however narrow the rows are); softmax goes row by row.
+// Softmax over rows is split into three passes so that the exponentials run as one flat,
+// vectorized loop even when rows are two or three classes wide; every element sees exactly the
+// operations of softmax_row, so the results are the same bits.
+template <typename T>
+inline void act_forward_rows(Act act, T* a, index_t rows, index_t cols) {
+    if (act != Act::Softmax) {
+        act_forward_row(act, a, rows * cols);
+        return;
+    }
+    for (index_t i = 0; i < rows; ++i) {
+        T* r = a + i * cols;
+        T m = -std::numeric_limits<T>::infinity();
+        for (index_t j = 0; j < cols; ++j) m = std::max(m, r[j]);
+        for (index_t j = 0; j < cols; ++j) r[j] = r[j] - m;
+    }
+    const index_t n = rows * cols;
+    for (index_t k = 0; k < n; ++k) a[k] = vexp(a[k]);
+    for (index_t i = 0; i < rows; ++i) {
+        T* r = a + i * cols;
+        T s = 0;
+        for (index_t j = 0; j < cols; ++j) s += r[j];
+        const T inv = T(1) / s;
+        for (index_t j = 0; j < cols; ++j) r[j] *= inv;
+    }
+}
+
+template <typename T>
+inline void act_backward_rows(Act act, const T* a, T* d, index_t rows, index_t cols) {
+    if (act == Act::Softmax) {
+        for (index_t i = 0; i < rows; ++i) act_backward_row(act, a + i * cols, d + i * cols, cols);
+    } else {
+        act_backward_row(act, a, d, rows * cols);
     }
 }
 

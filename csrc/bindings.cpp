@@ -150,81 +150,140 @@ void bind_engine(py::module_& m, const char* name) {
 }
 
 // ---- kernels, for the tests ----
+// Each kernel takes float32 or float64 arrays; the dtype of the first array picks the
+// instantiation, and the others are converted to it (a copy only when they differ or are not
+// C-contiguous).
 
-template <typename T>
-carray<T> new_like_rows(index_t rows, index_t cols) {
-    return carray<T>({rows, cols});
+bool is_f64(const py::handle& h) {
+    return py::isinstance<py::array>(h) && py::reinterpret_borrow<py::array>(h).dtype().is(py::dtype::of<double>());
 }
 
 template <typename T>
-void bind_kernels(py::module_& k) {
-    k.def("dense_forward", [](const carray<T>& x, const carray<T>& w, std::optional<carray<T>> b,
-                              const std::string& act, bool naive) {
-        const index_t K = w.shape(0), N = w.shape(1), B = rows_of(x, "x", K);
-        if (b && b->size() != N) throw std::invalid_argument("b must have N elements.");
-        auto y = new_like_rows<T>(B, N);
-        const T* bp = b ? b->data() : nullptr;
-        if (naive) {
-            dense_forward_naive(y.mutable_data(), x.data(), w.data(), bp, B, K, N, parse_act(act));
-        } else {
-            DenseScratch<T> s;
-            dense_forward(y.mutable_data(), x.data(), w.data(), bp, B, K, N, parse_act(act), s);
-        }
-        return y;
-    }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("act"), py::arg("naive") = false);
+carray<T> as_array(const py::handle& h, const char* name, int ndim) {
+    auto a = carray<T>::ensure(h);
+    if (!a) throw std::invalid_argument(std::string(name) + " must be a numeric array.");
+    if (ndim >= 0 && a.ndim() != ndim)
+        throw std::invalid_argument(std::string(name) + " must be " + std::to_string(ndim) + "-D; received " +
+                                    std::to_string(a.ndim()) + " dimensions.");
+    return a;
+}
 
-    k.def("dense_backward", [](const carray<T>& x, const carray<T>& w, const carray<T>& a, const carray<T>& dy,
-                               const std::string& act, bool use_bias, bool need_dx, bool naive) {
-        const index_t K = w.shape(0), N = w.shape(1), B = rows_of(x, "x", K);
-        if (rows_of(a, "a", N) != B || rows_of(dy, "dy", N) != B)
-            throw std::invalid_argument("a and dy must be (B, N).");
-        carray<T> dz({B, N});
-        std::copy(dy.data(), dy.data() + B * N, dz.mutable_data());
-        auto dw = new_like_rows<T>(K, N);
-        carray<T> db(std::vector<index_t>{N});
-        auto dx = new_like_rows<T>(B, K);
-        T* dbp = use_bias ? db.mutable_data() : nullptr;
-        T* dxp = need_dx ? dx.mutable_data() : nullptr;
-        if (naive) {
-            dense_backward_naive(dxp, dw.mutable_data(), dbp, dz.mutable_data(), x.data(), w.data(), a.data(), B, K, N,
-                                 parse_act(act));
-        } else {
-            DenseScratch<T> s;
-            dense_backward(dxp, dw.mutable_data(), dbp, dz.mutable_data(), x.data(), w.data(), a.data(), B, K, N,
-                           parse_act(act), s);
-        }
-        return py::make_tuple(need_dx ? py::object(dx) : py::none(), dw, use_bias ? py::object(db) : py::none(), dz);
-    }, py::arg("x"), py::arg("w"), py::arg("a"), py::arg("dy"), py::arg("act"), py::arg("use_bias") = true,
-       py::arg("need_dx") = true, py::arg("naive") = false);
+template <typename T>
+py::object dense_forward_impl(py::handle xh, py::handle wh, py::handle bh, const std::string& act_name, bool naive) {
+    const Act act = parse_act(act_name);
+    auto w = as_array<T>(wh, "w", 2);
+    const index_t K = w.shape(0), N = w.shape(1);
+    auto x = as_array<T>(xh, "x", 2);
+    const index_t B = rows_of(x, "x", K);
+    std::optional<carray<T>> b;
+    if (!bh.is_none()) {
+        b = as_array<T>(bh, "b", 1);
+        if (b->size() != N) throw std::invalid_argument("b must have N = " + std::to_string(N) + " elements.");
+    }
+    carray<T> y({B, N});
+    const T* bp = b ? b->data() : nullptr;
+    if (naive) {
+        dense_forward_naive(y.mutable_data(), x.data(), w.data(), bp, B, K, N, act);
+    } else {
+        DenseScratch<T> s;
+        dense_forward(y.mutable_data(), x.data(), w.data(), bp, B, K, N, act, s);
+    }
+    return std::move(y);
+}
 
-    k.def("output_loss", [](const carray<T>& p, const carray<T>& y, const std::string& loss, const std::string& act,
+template <typename T>
+py::object dense_backward_impl(py::handle xh, py::handle wh, py::handle ah, py::handle dyh, const std::string& act_name,
+                               bool use_bias, bool need_dx, bool naive) {
+    const Act act = parse_act(act_name);
+    auto w = as_array<T>(wh, "w", 2);
+    const index_t K = w.shape(0), N = w.shape(1);
+    auto x = as_array<T>(xh, "x", 2);
+    const index_t B = rows_of(x, "x", K);
+    auto a = as_array<T>(ah, "a", 2);
+    auto dy = as_array<T>(dyh, "dy", 2);
+    if (rows_of(a, "a", N) != B || rows_of(dy, "dy", N) != B) throw std::invalid_argument("a and dy must be (B, N).");
+    carray<T> dz({B, N});
+    std::copy(dy.data(), dy.data() + B * N, dz.mutable_data());
+    carray<T> dw({K, N});
+    carray<T> db(std::vector<index_t>{N});
+    carray<T> dx({B, K});
+    T* dbp = use_bias ? db.mutable_data() : nullptr;
+    T* dxp = need_dx ? dx.mutable_data() : nullptr;
+    if (naive) {
+        dense_backward_naive(dxp, dw.mutable_data(), dbp, dz.mutable_data(), x.data(), w.data(), a.data(), B, K, N, act);
+    } else {
+        DenseScratch<T> s;
+        dense_backward(dxp, dw.mutable_data(), dbp, dz.mutable_data(), x.data(), w.data(), a.data(), B, K, N, act, s);
+    }
+    return py::make_tuple(need_dx ? py::object(dx) : py::none(), dw, use_bias ? py::object(db) : py::none(), dz);
+}
+
+template <typename T>
+py::object output_loss_impl(py::handle ph, py::handle yh, const std::string& loss, const std::string& act_name,
                             bool naive) {
-        const index_t C = p.ndim() == 2 ? p.shape(1) : 0, B = rows_of(p, "p", C);
-        const LossKind kind = parse_loss(loss);
-        const index_t yc = kind == LossKind::SparseCategoricalCrossentropy ? 1 : C;
-        if (rows_of(y, "y", yc) != B) throw std::invalid_argument("y must have as many rows as p.");
-        auto dz = new_like_rows<T>(B, C);
-        const T scale = B > 0 ? T(1) / T(B) : T(0);
-        const double total = naive ? output_loss_naive(kind, parse_act(act), p.data(), y.data(), yc, B, C, scale, dz.mutable_data())
-                                   : output_loss(kind, parse_act(act), p.data(), y.data(), yc, B, C, scale, dz.mutable_data());
-        return py::make_tuple(total, dz);
-    }, py::arg("p"), py::arg("y"), py::arg("loss"), py::arg("act"), py::arg("naive") = false);
+    const LossKind kind = parse_loss(loss);
+    const Act act = parse_act(act_name);
+    auto p = as_array<T>(ph, "p", 2);
+    const index_t B = p.shape(0), C = p.shape(1);
+    const index_t yc = kind == LossKind::SparseCategoricalCrossentropy ? 1 : C;
+    auto y = as_array<T>(yh, "y", 2);
+    if (rows_of(y, "y", yc) != B) throw std::invalid_argument("y must have as many rows as p.");
+    if (kind == LossKind::SparseCategoricalCrossentropy) check_sparse_labels(y.data(), B, 1, C);
+    carray<T> dz({B, C});
+    const T scale = B > 0 ? T(1) / T(B) : T(0);
+    std::vector<T> work;
+    const double total = naive ? output_loss_naive(kind, act, p.data(), y.data(), yc, B, C, scale, dz.mutable_data(), work)
+                               : output_loss(kind, act, p.data(), y.data(), yc, B, C, scale, dz.mutable_data(), work);
+    return py::make_tuple(total, dz);
+}
 
-    k.def("accuracy_sum", [](const carray<T>& p, const carray<T>& y, const std::string& metric) {
-        const index_t C = p.ndim() == 2 ? p.shape(1) : 0, B = rows_of(p, "p", C);
-        const MetricKind kind = parse_metric(metric);
-        const index_t yc = kind == MetricKind::SparseCategoricalAccuracy ? 1 : C;
-        if (rows_of(y, "y", yc) != B) throw std::invalid_argument("y must have as many rows as p.");
-        return accuracy_sum(kind, p.data(), y.data(), yc, B, C);
-    });
+template <typename T>
+double accuracy_sum_impl(py::handle ph, py::handle yh, const std::string& metric) {
+    const MetricKind kind = parse_metric(metric);
+    auto p = as_array<T>(ph, "p", 2);
+    const index_t B = p.shape(0), C = p.shape(1);
+    const index_t yc = kind == MetricKind::SparseCategoricalAccuracy ? 1 : C;
+    auto y = as_array<T>(yh, "y", 2);
+    if (rows_of(y, "y", yc) != B) throw std::invalid_argument("y must have as many rows as p.");
+    if (kind == MetricKind::SparseCategoricalAccuracy) check_sparse_labels(y.data(), B, 1, C);
+    return accuracy_sum(kind, p.data(), y.data(), yc, B, C);
+}
 
-    k.def("sgd_update", [](py::array_t<T, py::array::c_style> w, const carray<T>& g, py::array_t<T, py::array::c_style> v,
-                           double lr, double momentum, bool nesterov) {
-        const index_t n = w.size();
-        if (g.size() != n || v.size() != n) throw std::invalid_argument("w, g and v must have the same size.");
-        sgd_update(w.mutable_data(), g.data(), v.mutable_data(), n, T(lr), T(momentum), nesterov);
-    }, py::arg("w").noconvert(), py::arg("g"), py::arg("v").noconvert(), py::arg("lr"), py::arg("momentum"),
-       py::arg("nesterov"));
+template <typename T>
+void sgd_update_impl(py::handle wh, py::handle gh, py::handle vh, double lr, double momentum, bool nesterov) {
+    using inplace = py::array_t<T, py::array::c_style>;
+    if (!inplace::check_(wh) || !inplace::check_(vh))
+        throw std::invalid_argument("w and v are updated in place: they must be C-contiguous arrays of the same dtype.");
+    auto w = py::reinterpret_borrow<inplace>(wh);
+    auto v = py::reinterpret_borrow<inplace>(vh);
+    auto g = as_array<T>(gh, "g", -1);
+    const index_t n = w.size();
+    if (g.size() != n || v.size() != n) throw std::invalid_argument("w, g and v must have the same size.");
+    sgd_update(w.mutable_data(), g.data(), v.mutable_data(), n, T(lr), T(momentum), nesterov);
+}
+
+void bind_kernels(py::module_& k) {
+    k.def("dense_forward", [](py::handle x, py::handle w, py::handle b, const std::string& act, bool naive) {
+        return is_f64(x) ? dense_forward_impl<double>(x, w, b, act, naive) : dense_forward_impl<float>(x, w, b, act, naive);
+    }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("act"), py::arg("naive") = false,
+       "act(x @ w + b) for x (B, K), w (K, N), b (N,) or None.");
+    k.def("dense_backward", [](py::handle x, py::handle w, py::handle a, py::handle dy, const std::string& act,
+                               bool use_bias, bool need_dx, bool naive) {
+        return is_f64(x) ? dense_backward_impl<double>(x, w, a, dy, act, use_bias, need_dx, naive)
+                         : dense_backward_impl<float>(x, w, a, dy, act, use_bias, need_dx, naive);
+    }, py::arg("x"), py::arg("w"), py::arg("a"), py::arg("dy"), py::arg("act"), py::arg("use_bias") = true,
+       py::arg("need_dx") = true, py::arg("naive") = false, "(dx, dw, db, dz) from dy = dL/da for a = act(x @ w + b).");
+    k.def("output_loss", [](py::handle p, py::handle y, const std::string& loss, const std::string& act, bool naive) {
+        return is_f64(p) ? output_loss_impl<double>(p, y, loss, act, naive) : output_loss_impl<float>(p, y, loss, act, naive);
+    }, py::arg("p"), py::arg("y"), py::arg("loss"), py::arg("act"), py::arg("naive") = false,
+       "(sum of per-sample losses, dL/dz of the output layer) for the batch mean loss.");
+    k.def("accuracy_sum", [](py::handle p, py::handle y, const std::string& metric) {
+        return is_f64(p) ? accuracy_sum_impl<double>(p, y, metric) : accuracy_sum_impl<float>(p, y, metric);
+    }, py::arg("p"), py::arg("y"), py::arg("metric"));
+    k.def("sgd_update", [](py::handle w, py::handle g, py::handle v, double lr, double momentum, bool nesterov) {
+        is_f64(w) ? sgd_update_impl<double>(w, g, v, lr, momentum, nesterov)
+                  : sgd_update_impl<float>(w, g, v, lr, momentum, nesterov);
+    }, py::arg("w"), py::arg("g"), py::arg("v"), py::arg("lr"), py::arg("momentum"), py::arg("nesterov"));
 }
 
 }  // namespace
@@ -240,16 +299,14 @@ PYBIND11_MODULE(_core, m) {
     });
     bind_engine<float>(m, "Engine32");
     bind_engine<double>(m, "Engine64");
-    py::module_ k = m.def_submodule("kernels", "Individual kernels (float64 overloads first, then float32).");
-    bind_kernels<double>(k);
-    bind_kernels<float>(k);
+    py::module_ k = m.def_submodule("kernels", "Individual kernels, float32 or float64 by the first array's dtype.");
+    bind_kernels(k);
     k.def("permutation", [](index_t n, std::uint64_t seed, std::uint64_t epoch) {
-        std::vector<std::uint64_t> packed, tmp;
-        shuffle_permutation(packed, tmp, n, seed, epoch);
+        std::vector<std::uint32_t> perm;
+        shuffle_permutation(perm, n, seed, epoch);
         py::array_t<std::int64_t> out(n);
-        auto* o = out.mutable_data();
-        for (index_t i = 0; i < n; ++i) o[i] = static_cast<std::int64_t>(packed[i] & 0xFFFFFFFFULL);
+        std::copy(perm.begin(), perm.end(), out.mutable_data());
         return out;
-    });
+    }, py::arg("n"), py::arg("seed"), py::arg("epoch"), "The epoch's sample order (see csrc/shuffle.hpp).");
     k.def("decayed_lr", [](double lr, double decay, std::int64_t t) { return decayed_lr<float>(lr, decay, t); });
 }

@@ -117,6 +117,25 @@ void gemm_packed(T* C, index_t ldc, const T* A, index_t rs, index_t cs, const T*
     if (left == 1) micro_row_block<T, 1>(c, ldc, N, a, rs, cs, Bp, ldb, P, bias);
 }
 
+// db (N,) := sum over the P rows of the packed panel Bp (P, Np), rows added in ascending order.
+template <typename T>
+inline void column_sums(T* db, const T* Bp, index_t P, index_t N) {
+    using vec = typename Simd<T>::vec;
+    constexpr index_t W = Simd<T>::width;
+    const index_t Np = round_up(N, W);
+    for (index_t j = 0; j < Np; j += W) {
+        vec acc{};
+        for (index_t p = 0; p < P; ++p) {
+            vec v;
+            std::memcpy(&v, Bp + p * Np + j, sizeof(v));
+            acc += v;
+        }
+        T lanes[W];
+        std::memcpy(lanes, &acc, sizeof(acc));
+        for (index_t l = 0; l < W && j + l < N; ++l) db[j + l] = lanes[l];
+    }
+}
+
 // Scratch space the optimized kernels pack into; owned by the caller so that the training loop
 // allocates nothing per step.
 template <typename T>
@@ -159,7 +178,7 @@ void dense_forward(T* Y, const T* X, const T* W, const T* b, index_t B, index_t 
         bias = s.bias.data();
     }
     gemm_packed(Y, N, X, K, 1, Wp, B, N, K, bias);
-    for (index_t i = 0; i < B; ++i) act_forward_row(act, Y + i * N, N);
+    act_forward_rows(act, Y, B, N);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -201,15 +220,9 @@ void dense_backward(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T*
     const index_t Np = round_up(N, Simd<T>::width);
     const index_t Kp = round_up(K, Simd<T>::width);
     T* buf = s.reserve(std::max(B * Np, N * Kp));
-    // dZ in place, then packed with the bias gradient accumulated in the same pass.
-    if (db) std::fill(db, db + N, T(0));
-    for (index_t i = 0; i < B; ++i) {
-        T* d = dY + i * N;
-        act_backward_row(act, A + i * N, d, N);
-        if (db)
-            for (index_t n = 0; n < N; ++n) db[n] += d[n];
-    }
+    act_backward_rows(act, A, dY, B, N);  // dY becomes dZ
     pack_panel(buf, dY, B, N, N, 1);
+    if (db) column_sums(db, buf, B, N);
     gemm_packed(dW, N, X, 1, K, buf, K, N, B, static_cast<const T*>(nullptr));
     if (dX) {
         pack_panel(buf, W, N, K, 1, N);  // W^T, (N, Kp)

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "losses.hpp"
+#include "narrow.hpp"
 #include "optim.hpp"
 #include "shuffle.hpp"
 
@@ -55,6 +56,9 @@ Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<Metr
         b_off_.push_back(s.use_bias ? size : -1);
         if (s.use_bias) size += s.out;
     }
+    index_t widest = layers_[0].in;
+    for (const LayerSpec& s : layers_) widest = std::max(widest, s.out);
+    narrow_ = widest <= kNarrowWidth;
     params_.assign(size, T(0));
     grads_.assign(size, T(0));
     velocity_.assign(size, T(0));
@@ -74,6 +78,7 @@ void Engine<T>::set_iterations(std::int64_t t) {
 
 template <typename T>
 void Engine<T>::ensure_batch(index_t B) {
+    if (narrow_) B = round_up(B, kLaneBlock);
     if (B <= cap_) return;
     index_t widest = layers_[0].in;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -84,21 +89,15 @@ void Engine<T>::ensure_batch(index_t B) {
     yb_.resize(B * target_cols());
     delta_a_.resize(B * widest);
     delta_b_.resize(B * widest);
+    lane_tmp_.resize(2 * B);
     cap_ = B;
 }
 
 template <typename T>
 void Engine<T>::check_labels(const T* Y, index_t n) const {
-    if (loss_ != LossKind::SparseCategoricalCrossentropy &&
-        std::find(metrics_.begin(), metrics_.end(), MetricKind::SparseCategoricalAccuracy) == metrics_.end())
-        return;
-    const index_t C = layers_.back().out;
-    for (index_t i = 0; i < n; ++i) {
-        const T y = Y[i * target_cols()];
-        require(y >= T(0) && y < T(C) && y == std::floor(y),
-                "Sparse labels must be integers in [0, " + std::to_string(C) + "); received " + std::to_string(y) +
-                    " at row " + std::to_string(i) + ".");
-    }
+    if (loss_ == LossKind::SparseCategoricalCrossentropy ||
+        std::find(metrics_.begin(), metrics_.end(), MetricKind::SparseCategoricalAccuracy) != metrics_.end())
+        check_sparse_labels(Y, n, target_cols(), layers_.back().out);
 }
 
 template <typename T>
@@ -120,7 +119,7 @@ double Engine<T>::forward_backward(const T* X, const T* Y, index_t B, std::vecto
     const LayerSpec& last = layers_.back();
     const index_t yc = target_cols();
     T* dZ = delta_a_.data();
-    const double loss = output_loss(loss_, last.act, P, Y, yc, B, last.out, T(1) / T(B), dZ);
+    const double loss = output_loss(loss_, last.act, P, Y, yc, B, last.out, T(1) / T(B), dZ, loss_work_);
     if (metric_sums)
         for (std::size_t m = 0; m < metrics_.size(); ++m)
             (*metric_sums)[m] += accuracy_sum(metrics_[m], P, Y, yc, B, last.out);
@@ -139,15 +138,47 @@ double Engine<T>::forward_backward(const T* X, const T* Y, index_t B, std::vecto
     return loss;
 }
 
+// One batch already gathered feature-major into xb_ (K0, L) and yb_ (yc, L), padding lanes zero.
+template <typename T>
+double Engine<T>::forward_backward_narrow(index_t B, index_t L, std::vector<double>* metric_sums) {
+    const T* in = xb_.data();
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const LayerSpec& s = layers_[l];
+        const T* b = s.use_bias ? params_.data() + b_off_[l] : nullptr;
+        narrow_dense_forward(acts_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, s.act,
+                             lane_tmp_.data());
+        in = acts_[l].data();
+    }
+    const LayerSpec& last = layers_.back();
+    const double loss = narrow_output_loss(loss_, last.act, in, yb_.data(), B, L, last.out, T(1) / T(B),
+                                           delta_a_.data(), loss_work_);
+    if (metric_sums)
+        for (std::size_t m = 0; m < metrics_.size(); ++m)
+            (*metric_sums)[m] += narrow_accuracy_sum(metrics_[m], in, yb_.data(), B, L, last.out);
+    T* d = delta_a_.data();
+    T* d_prev = delta_b_.data();
+    for (std::size_t l = layers_.size(); l-- > 0;) {
+        const LayerSpec& s = layers_[l];
+        const T* x = l == 0 ? xb_.data() : acts_[l - 1].data();
+        T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
+        narrow_dense_backward(l == 0 ? static_cast<T*>(nullptr) : d_prev, grads_.data() + w_off_[l], db, d, x,
+                              params_.data() + w_off_[l], acts_[l].data(), L, s.in, s.out,
+                              l + 1 == layers_.size() ? Act::Linear : s.act, lane_tmp_.data());
+        std::swap(d, d_prev);
+    }
+    return loss;
+}
+
 template <typename T>
 void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) {
     require(n > 0, "Cannot train on an empty dataset (0 samples).");
     require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
     if (shuffle) {
-        shuffle_permutation(order_, order_tmp_, n, seed, epoch);
+        shuffle_permutation(order_, n, seed, epoch);
     } else {
+        require(n < (index_t(1) << 32), "At most 2**32 - 1 samples per fit; received " + std::to_string(n) + ".");
         order_.resize(n);
-        for (index_t i = 0; i < n; ++i) order_[i] = std::uint64_t(i);
+        for (index_t i = 0; i < n; ++i) order_[i] = static_cast<std::uint32_t>(i);
     }
     epoch_n_ = n;
     batch_size_ = batch_size;
@@ -158,6 +189,7 @@ void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::ui
 
 template <typename T>
 EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_steps) {
+    FlushDenormals ftz;
     require(n == epoch_n_, "train_steps: the data has " + std::to_string(n) + " rows but the epoch was begun with " +
                                std::to_string(epoch_n_) + ".");
     check_labels(Y, n);
@@ -168,12 +200,30 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
     for (index_t step = sums_.steps_done; step < end; ++step) {
         const index_t start = step * batch_size_;
         const index_t B = std::min(batch_size_, n - start);
-        for (index_t r = 0; r < B; ++r) {
-            const index_t src = static_cast<index_t>(order_[start + r] & 0xFFFFFFFFULL);
-            for (index_t k = 0; k < K; ++k) xb_[r * K + k] = X[src * K + k];
-            for (index_t j = 0; j < yc; ++j) yb_[r * yc + j] = Y[src * yc + j];
+        const std::uint32_t* idx = order_.data() + start;
+        double loss;
+        if (narrow_) {
+            // Gather feature-major: lane r holds sample idx[r]; padding lanes are zero.
+            const index_t L = round_up(B, kLaneBlock);
+            for (index_t k = 0; k < K; ++k) {
+                T* xr = xb_.data() + k * L;
+                for (index_t r = 0; r < B; ++r) xr[r] = X[static_cast<index_t>(idx[r]) * K + k];
+                std::fill(xr + B, xr + L, T(0));
+            }
+            for (index_t j = 0; j < yc; ++j) {
+                T* yr = yb_.data() + j * L;
+                for (index_t r = 0; r < B; ++r) yr[r] = Y[static_cast<index_t>(idx[r]) * yc + j];
+                std::fill(yr + B, yr + L, T(0));
+            }
+            loss = forward_backward_narrow(B, L, &sums_.metrics);
+        } else {
+            for (index_t r = 0; r < B; ++r) {
+                const index_t src = static_cast<index_t>(idx[r]);
+                for (index_t k = 0; k < K; ++k) xb_[r * K + k] = X[src * K + k];
+                for (index_t j = 0; j < yc; ++j) yb_[r * yc + j] = Y[src * yc + j];
+            }
+            loss = forward_backward(xb_.data(), yb_.data(), B, &sums_.metrics);
         }
-        const double loss = forward_backward(xb_.data(), yb_.data(), B, &sums_.metrics);
         const T lr = decayed_lr<T>(sgd_.learning_rate, sgd_.decay, iterations_);
         sgd_update(params_.data(), grads_.data(), velocity_.data(), static_cast<index_t>(params_.size()), lr,
                    T(sgd_.momentum), sgd_.nesterov);
@@ -187,6 +237,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
 
 template <typename T>
 void Engine<T>::predict(const T* X, index_t n, T* out, index_t batch_size) {
+    FlushDenormals ftz;
     require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
     // Rows are independent and each output's summation order does not depend on the batch, so the
     // chunk size is free: a large one amortizes the packing.
@@ -204,6 +255,7 @@ void Engine<T>::predict(const T* X, index_t n, T* out, index_t batch_size) {
 
 template <typename T>
 EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_size) {
+    FlushDenormals ftz;
     require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
     check_labels(Y, n);
     EpochSums sums;
@@ -217,7 +269,7 @@ EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_s
         const index_t B = std::min(chunk, n - start);
         const T* P = forward(X + start * K, B, acts);
         const T* y = Y + start * yc;
-        sums.loss += output_loss(loss_, layers_.back().act, P, y, yc, B, C, T(1) / T(B), static_cast<T*>(nullptr));
+        sums.loss += loss_sum(loss_, P, y, yc, B, C, loss_work_);
         for (std::size_t m = 0; m < metrics_.size(); ++m) sums.metrics[m] += accuracy_sum(metrics_[m], P, y, yc, B, C);
         sums.samples += B;
     }
@@ -227,6 +279,7 @@ EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_s
 
 template <typename T>
 double Engine<T>::compute_gradients(const T* X, const T* Y, index_t n) {
+    FlushDenormals ftz;
     require(n > 0, "compute_gradients needs at least one sample.");
     check_labels(Y, n);
     ensure_batch(n);

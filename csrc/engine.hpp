@@ -79,6 +79,7 @@ private:
     const T* forward(const T* X, index_t B, std::vector<std::vector<T>>& acts);
     double forward_backward(const T* X, const T* Y, index_t B, std::vector<double>* metric_sums);
     void check_labels(const T* Y, index_t n) const;
+    double forward_backward_narrow(index_t B, index_t L, std::vector<double>* metric_sums);
 
     std::vector<LayerSpec> layers_;
     LossKind loss_;
@@ -89,14 +90,19 @@ private:
     std::vector<T> params_, grads_, velocity_;
     std::vector<index_t> w_off_, b_off_;
 
-    // Batch buffers, sized for the largest batch seen.
+    // Tiny networks train on the feature-major kernels of narrow.hpp (decided by the widths alone,
+    // so a given model always takes the same path and gives the same bits).
+    bool narrow_ = false;
+    static constexpr index_t kNarrowWidth = 16;  // the widest layer (or input) the narrow path takes
+
+    // Batch buffers, sized for the largest batch seen (in lanes on the narrow path).
     index_t cap_ = 0;
     std::vector<std::vector<T>> acts_;  // per layer (B, out_l)
-    std::vector<T> xb_, yb_, delta_a_, delta_b_;
+    std::vector<T> xb_, yb_, delta_a_, delta_b_, loss_work_, lane_tmp_;
     DenseScratch<T> scratch_;
 
     // Epoch state.
-    std::vector<std::uint64_t> order_, order_tmp_;
+    std::vector<std::uint32_t> order_;
     index_t epoch_n_ = 0, batch_size_ = 0;
     EpochSums sums_;
 

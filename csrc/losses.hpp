@@ -16,9 +16,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "activations.hpp"
 #include "common.hpp"
+#include "mathfun.hpp"
 
 namespace fastmlp {
 
@@ -33,6 +36,32 @@ inline bool clip_active(T p) {
     return p < T(kEpsilon) || p > T(1) - T(kEpsilon);
 }
 
+// Sparse labels (column 0 of each of the n rows of Y, row stride ycols) must be integers in [0, C):
+// checked once before any kernel indexes with them.
+template <typename T>
+void check_sparse_labels(const T* Y, index_t n, index_t ycols, index_t C) {
+    for (index_t i = 0; i < n; ++i) {
+        const T y = Y[i * ycols];
+        if (!(y >= T(0) && y < T(C) && y == std::floor(y)))
+            throw std::invalid_argument("Sparse labels must be integers in [0, " + std::to_string(C) + "); received " +
+                                        std::to_string(y) + " at row " + std::to_string(i) + ".");
+    }
+}
+
+// Elementwise pieces shared by the row-major and the feature-major (narrow.hpp) paths, so that
+// both compute every element with the same operations.
+template <typename T>
+inline T bce_term(T p, T y) {  // y log(clip p) + (1 - y) log(1 - clip p)
+    const T q = clip_prob(p);
+    return y * vlog(q) + (T(1) - y) * vlog(T(1) - q);
+}
+
+template <typename T>
+inline T bce_grad(T p, T y, T s) {  // s * d/dp[-(y log p + (1 - y) log(1 - p))], 0 where clipped
+    const T g = s * (-(y / p) + (T(1) - y) / (T(1) - p));
+    return clip_active(p) ? T(0) : g;
+}
+
 template <typename T>
 inline index_t argmax_row(const T* a, index_t n) {
     index_t best = 0;
@@ -41,117 +70,125 @@ inline index_t argmax_row(const T* a, index_t n) {
     return best;
 }
 
-// Per-sample loss of one row: p (C,), y (C,) or (1,) for the sparse loss.
+// Per-sample loss of one row of the categorical losses: p (C,), y (C,) or (1,) for the sparse loss.
 template <typename T>
-inline T loss_row(LossKind kind, const T* p, const T* y, index_t C) {
-    switch (kind) {
-        case LossKind::BinaryCrossentropy: {
-            T s = 0;
-            for (index_t j = 0; j < C; ++j) {
-                const T q = clip_prob(p[j]);
-                s += y[j] * std::log(q) + (T(1) - y[j]) * std::log(T(1) - q);
-            }
-            return -s / T(C);
-        }
-        case LossKind::CategoricalCrossentropy: {
-            T tot = 0;
-            for (index_t j = 0; j < C; ++j) tot += p[j];
-            T s = 0;
-            for (index_t j = 0; j < C; ++j) s += y[j] * std::log(clip_prob(p[j] / tot));
-            return -s;
-        }
-        case LossKind::SparseCategoricalCrossentropy: {
-            T tot = 0;
-            for (index_t j = 0; j < C; ++j) tot += p[j];
-            return -std::log(clip_prob(p[static_cast<index_t>(y[0])] / tot));
-        }
-        case LossKind::MeanSquaredError: {
-            T s = 0;
-            for (index_t j = 0; j < C; ++j) s += (p[j] - y[j]) * (p[j] - y[j]);
-            return s / T(C);
-        }
-    }
-    return T(0);
+inline T categorical_loss_row(LossKind kind, const T* p, const T* y, index_t C) {
+    T tot = 0;
+    for (index_t j = 0; j < C; ++j) tot += p[j];
+    if (kind == LossKind::SparseCategoricalCrossentropy)
+        return -vlog(clip_prob(p[static_cast<index_t>(y[0])] / tot));
+    T s = 0;
+    for (index_t j = 0; j < C; ++j) s += y[j] * vlog(clip_prob(p[j] / tot));
+    return -s;
 }
 
-// Gradient of one row's loss with respect to the probabilities p, times scale: g (C,) overwritten.
+// Sum over the B rows of the per-sample losses. The elementwise losses (binary cross-entropy,
+// squared error) compute their terms in one flat pass into `work` (B*C) so that it vectorizes
+// however few columns there are; each row's terms are then summed in column order.
 template <typename T>
-inline void loss_grad_row(LossKind kind, const T* p, const T* y, index_t C, T scale, T* g) {
+double loss_sum(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C, std::vector<T>& work) {
+    double total = 0;
+    if (kind == LossKind::CategoricalCrossentropy || kind == LossKind::SparseCategoricalCrossentropy) {
+        for (index_t i = 0; i < B; ++i) total += categorical_loss_row(kind, P + i * C, Y + i * ycols, C);
+        return total;
+    }
+    const index_t n = B * C;
+    if (static_cast<index_t>(work.size()) < n) work.resize(n);
+    T* t = work.data();
+    if (kind == LossKind::BinaryCrossentropy) {
+        for (index_t k = 0; k < n; ++k) t[k] = bce_term(P[k], Y[k]);
+    } else {
+        for (index_t k = 0; k < n; ++k) t[k] = (P[k] - Y[k]) * (P[k] - Y[k]);
+    }
+    const T sign = kind == LossKind::BinaryCrossentropy ? T(-1) : T(1);
+    for (index_t i = 0; i < B; ++i) {
+        T s = 0;
+        for (index_t j = 0; j < C; ++j) s += t[i * C + j];
+        total += sign * s / T(C);
+    }
+    return total;
+}
+
+// G (B, C) := dL/dP times scale, for the batch loss (zero where the clip is active).
+template <typename T>
+void loss_grad(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C, T scale, T* G) {
+    const index_t n = B * C;
     switch (kind) {
-        case LossKind::BinaryCrossentropy:
-            for (index_t j = 0; j < C; ++j) {
-                const T q = p[j];
-                g[j] = clip_active(q) ? T(0) : scale / T(C) * (-(y[j] / q) + (T(1) - y[j]) / (T(1) - q));
-            }
+        case LossKind::BinaryCrossentropy: {
+            const T s = scale / T(C);
+            for (index_t k = 0; k < n; ++k) G[k] = bce_grad(P[k], Y[k], s);
             break;
+        }
         case LossKind::CategoricalCrossentropy:
         case LossKind::SparseCategoricalCrossentropy: {
             // L = -sum_j y_j log clip(q_j), q = p / sum(p):
             // dL/dp_i = (gq_i - sum_j gq_j q_j) / sum(p), gq_j = -y_j / q_j (0 where clipped).
             const bool sparse = kind == LossKind::SparseCategoricalCrossentropy;
-            const index_t label = sparse ? static_cast<index_t>(y[0]) : -1;
-            T tot = 0;
-            for (index_t j = 0; j < C; ++j) tot += p[j];
-            T dot = 0;
-            for (index_t j = 0; j < C; ++j) {
-                const T q = p[j] / tot;
-                const T yj = sparse ? T(j == label) : y[j];
-                g[j] = clip_active(q) ? T(0) : -yj / q;
-                dot += g[j] * q;
+            for (index_t i = 0; i < B; ++i) {
+                const T* p = P + i * C;
+                const T* y = Y + i * ycols;
+                T* g = G + i * C;
+                const index_t label = sparse ? static_cast<index_t>(y[0]) : -1;
+                T tot = 0;
+                for (index_t j = 0; j < C; ++j) tot += p[j];
+                T dot = 0;
+                for (index_t j = 0; j < C; ++j) {
+                    const T q = p[j] / tot;
+                    const T yj = sparse ? T(j == label) : y[j];
+                    g[j] = clip_active(q) ? T(0) : -yj / q;
+                    dot += g[j] * q;
+                }
+                for (index_t j = 0; j < C; ++j) g[j] = scale * (g[j] - dot) / tot;
             }
-            for (index_t j = 0; j < C; ++j) g[j] = scale * (g[j] - dot) / tot;
             break;
         }
-        case LossKind::MeanSquaredError:
-            for (index_t j = 0; j < C; ++j) g[j] = scale * T(2) / T(C) * (p[j] - y[j]);
+        case LossKind::MeanSquaredError: {
+            const T s = scale * T(2) / T(C);
+            for (index_t k = 0; k < n; ++k) G[k] = s * (P[k] - Y[k]);
             break;
+        }
     }
 }
 
 // Loss of a batch and, when dZ is not null, the gradient with respect to the output layer's
-// PRE-activation Z (dZ (B, C) overwritten). Reference path: dL/dP row by row, then the
-// activation's backward.
+// PRE-activation Z (dZ (B, C) overwritten). Reference path: dL/dP, then the activation's backward.
 template <typename T>
 double output_loss_naive(LossKind kind, Act act, const T* P, const T* Y, index_t ycols, index_t B, index_t C,
-                         T scale, T* dZ) {
-    double total = 0;
-    for (index_t i = 0; i < B; ++i) {
-        const T* p = P + i * C;
-        const T* y = Y + i * ycols;
-        total += loss_row(kind, p, y, C);
-        if (dZ) {
-            loss_grad_row(kind, p, y, C, scale, dZ + i * C);
-            act_backward_row(act, p, dZ + i * C, C);
-        }
+                         T scale, T* dZ, std::vector<T>& work) {
+    const double total = loss_sum(kind, P, Y, ycols, B, C, work);
+    if (dZ) {
+        loss_grad(kind, P, Y, ycols, B, C, scale, dZ);
+        act_backward_rows(act, P, dZ, B, C);
     }
     return total;
 }
 
-// Fused path (same contract as output_loss_naive): loss and logit gradient in one pass per row,
-// with the analytic gradient for softmax + (sparse) categorical cross-entropy and sigmoid + binary
-// cross-entropy.
+// Fused path (same contract as output_loss_naive), with the analytic logit gradient for softmax +
+// (sparse) categorical cross-entropy and sigmoid + binary cross-entropy.
 template <typename T>
-double output_loss(LossKind kind, Act act, const T* P, const T* Y, index_t ycols, index_t B, index_t C,
-                   T scale, T* dZ) {
+double output_loss(LossKind kind, Act act, const T* P, const T* Y, index_t ycols, index_t B, index_t C, T scale,
+                   T* dZ, std::vector<T>& work) {
     const bool softmax_ce = act == Act::Softmax && (kind == LossKind::CategoricalCrossentropy ||
                                                     kind == LossKind::SparseCategoricalCrossentropy);
     const bool sigmoid_bce = act == Act::Sigmoid && kind == LossKind::BinaryCrossentropy;
-    if (!dZ || !(softmax_ce || sigmoid_bce)) return output_loss_naive(kind, act, P, Y, ycols, B, C, scale, dZ);
-    double total = 0;
+    if (!dZ || !(softmax_ce || sigmoid_bce)) return output_loss_naive(kind, act, P, Y, ycols, B, C, scale, dZ, work);
+    const double total = loss_sum(kind, P, Y, ycols, B, C, work);
+    if (sigmoid_bce) {
+        const T s = scale / T(C);
+        for (index_t k = 0; k < B * C; ++k) dZ[k] = s * (P[k] - Y[k]);
+        return total;
+    }
     for (index_t i = 0; i < B; ++i) {
         const T* p = P + i * C;
         const T* y = Y + i * ycols;
         T* d = dZ + i * C;
-        total += loss_row(kind, p, y, C);
         if (kind == LossKind::SparseCategoricalCrossentropy) {
             const index_t label = static_cast<index_t>(y[0]);
             for (index_t j = 0; j < C; ++j) d[j] = scale * (p[j] - T(j == label));
-        } else if (kind == LossKind::CategoricalCrossentropy) {
+        } else {
             T ysum = 0;
             for (index_t j = 0; j < C; ++j) ysum += y[j];
             for (index_t j = 0; j < C; ++j) d[j] = scale * (p[j] * ysum - y[j]);
-        } else {
-            for (index_t j = 0; j < C; ++j) d[j] = scale / T(C) * (p[j] - y[j]);
         }
     }
     return total;

@@ -170,7 +170,7 @@ def sgd_update(w, g, v, lr, momentum, nesterov):
         w += v
 
 
-# ---- shuffling: the same counter-based permutation as csrc/shuffle.hpp ----
+# ---- shuffling: the same counter-based Fisher-Yates as csrc/shuffle.hpp ----
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -182,10 +182,19 @@ def _mix64(z):
 
 
 def permutation(n, seed, epoch):
-    """Indices 0..n-1 sorted by (SplitMix64 key of (seed, epoch, i), i)."""
+    """The epoch's sample order: Fisher-Yates driven by SplitMix64 outputs of (seed, epoch, i).
+
+    The random draws are vectorized; the swaps are inherently sequential and run as a Python loop
+    (about 0.15 us per sample).
+    """
+    if n < 0:
+        raise ValueError(f"Cannot shuffle {n} samples: expected a non-negative count.")
     with np.errstate(over="ignore"):
         stream = _mix64(np.array([seed], dtype=np.uint64) + _GOLDEN * np.uint64(epoch + 1))
-        counters = np.arange(1, n + 1, dtype=np.uint64)
-        keys = _mix64(stream + _GOLDEN * counters) >> np.uint64(32)
-    packed = (keys << np.uint64(32)) | np.arange(n, dtype=np.uint64)
-    return (np.sort(packed) & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        i = np.arange(n - 1, 0, -1, dtype=np.uint64)
+        u = _mix64(stream + _GOLDEN * (i + np.uint64(1))) >> np.uint64(32)
+        js = ((u * (i + np.uint64(1))) >> np.uint64(32)).tolist()
+    perm = list(range(n))
+    for i, j in zip(range(n - 1, 0, -1), js):
+        perm[i], perm[j] = perm[j], perm[i]
+    return np.array(perm, dtype=np.int64)
