@@ -10,7 +10,7 @@
 #include "common.hpp"
 #include "mathfun.hpp"
 
-namespace fastmlp {
+FASTMLP_ISA_BEGIN
 
 // Row-wise softmax in place: a[j] := exp(a[j] - max a) / sum exp(a - max a), one row of n values.
 // The running max starts at -inf so that a row of -inf or huge negatives is handled.
@@ -107,4 +107,4 @@ inline void act_backward_rows(Act act, const T* a, T* d, index_t rows, index_t c
     }
 }
 
-}  // namespace fastmlp
+FASTMLP_ISA_END

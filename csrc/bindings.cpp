@@ -13,7 +13,7 @@
 #include <tuple>
 
 #include "dense.hpp"
-#include "engine.hpp"
+#include "engine_api.hpp"
 #include "losses.hpp"
 #include "optim.hpp"
 #include "shuffle.hpp"
@@ -56,20 +56,21 @@ py::array arena_view(std::vector<T>& arena, index_t offset, std::vector<index_t>
 
 template <typename T>
 void bind_engine(py::module_& m, const char* name) {
-    using E = Engine<T>;
+    using E = EngineBase<T>;
     py::class_<E>(m, name)
         .def(py::init([](const std::vector<std::tuple<index_t, index_t, std::string, bool>>& specs,
                          const std::string& loss, const std::vector<std::string>& metrics, double lr,
-                         double momentum, double decay, bool nesterov) {
+                         double momentum, double decay, bool nesterov, const std::string& isa) {
                  std::vector<LayerSpec> layers;
                  for (const auto& [in, out, act, bias] : specs) layers.push_back({in, out, parse_act(act), bias});
                  std::vector<MetricKind> ms;
                  for (const auto& s : metrics) ms.push_back(parse_metric(s));
-                 return new E(std::move(layers), parse_loss(loss), std::move(ms),
-                              SGDConfig{lr, momentum, decay, nesterov});
+                 return make_engine<T>(isa, std::move(layers), parse_loss(loss), std::move(ms),
+                                       SGDConfig{lr, momentum, decay, nesterov});
              }),
              py::arg("layers"), py::arg("loss"), py::arg("metrics"), py::arg("learning_rate"), py::arg("momentum"),
-             py::arg("decay"), py::arg("nesterov"))
+             py::arg("decay"), py::arg("nesterov"), py::arg("isa") = "")
+        .def_property_readonly("isa", &E::isa)
         .def_property_readonly("params", [](py::object self) {
             E& e = self.cast<E&>();
             return arena_view(e.params(), 0, {static_cast<index_t>(e.params().size())}, self);
@@ -297,6 +298,8 @@ PYBIND11_MODULE(_core, m) {
             PyErr_SetString(PyExc_ValueError, e.what());
         }
     });
+    m.def("built_isas", &built_isas, "Instruction sets this build has engine variants for, best first.");
+    m.def("supported_isas", &supported_isas, "Instruction sets built and runnable on this CPU, best first.");
     bind_engine<float>(m, "Engine32");
     bind_engine<double>(m, "Engine64");
     py::module_ k = m.def_submodule("kernels", "Individual kernels, float32 or float64 by the first array's dtype.");

@@ -1,5 +1,11 @@
-// Shared vocabulary of the fastmlp kernels: enums for activations, losses and metrics, and the
-// argument checks that turn a bad call into a C++ exception (never an abort).
+// Shared vocabulary of the fastmlp kernels: enums for activations, losses and metrics, the
+// engine's configuration structs, and the argument checks that turn a bad call into a C++
+// exception (never an abort).
+//
+// ISA variants: the kernels and the engine are compiled once per instruction set (CMakeLists.txt),
+// each time with FASTMLP_ISA naming the namespace their code lives in (fastmlp::base,
+// fastmlp::avx2, fastmlp::avx512) and FASTMLP_VEC_BYTES the vector width. Everything declared here
+// is outside those namespaces: it is the vocabulary the variants share.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +14,14 @@
 #endif
 #include <stdexcept>
 #include <string>
+#include <vector>
+
+#ifndef FASTMLP_ISA
+#define FASTMLP_ISA base
+#define FASTMLP_VEC_BYTES 16
+#endif
+#define FASTMLP_ISA_BEGIN namespace fastmlp { inline namespace FASTMLP_ISA {
+#define FASTMLP_ISA_END } }
 
 namespace fastmlp {
 
@@ -19,6 +33,29 @@ enum class MetricKind { BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAc
 
 // Keras's epsilon for clipping probabilities inside the cross-entropies.
 constexpr double kEpsilon = 1e-7;
+
+struct LayerSpec {
+    index_t in = 0;
+    index_t out = 0;
+    Act act = Act::Linear;
+    bool use_bias = true;
+};
+
+struct SGDConfig {
+    double learning_rate = 0.01;
+    double momentum = 0.0;
+    double decay = 0.0;
+    bool nesterov = false;
+};
+
+// Running sums of one epoch: the loss and metric values summed over samples.
+struct EpochSums {
+    double loss = 0;
+    std::vector<double> metrics;
+    index_t samples = 0;
+    index_t steps_done = 0;
+    index_t steps_total = 0;
+};
 
 Act parse_act(const std::string& name);
 LossKind parse_loss(const std::string& name);

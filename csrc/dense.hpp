@@ -16,18 +16,18 @@
 #include "activations.hpp"
 #include "common.hpp"
 
-namespace fastmlp {
+FASTMLP_ISA_BEGIN
 
 // ---------------------------------------------------------------------------------------------
 // Register-blocked product (the optimized path)
 // ---------------------------------------------------------------------------------------------
 
-// One 16-byte SIMD vector of T (4 floats or 2 doubles): GCC vector extensions compile to SSE2 on
-// the portable baseline build.
+// One SIMD vector of T, FASTMLP_VEC_BYTES wide: GCC vector extensions compile to SSE2, AVX2 or
+// AVX-512 instructions by the variant being built.
 template <typename T>
 struct Simd {
-    typedef T vec __attribute__((vector_size(16)));
-    static constexpr index_t width = 16 / sizeof(T);
+    typedef T vec __attribute__((vector_size(FASTMLP_VEC_BYTES)));
+    static constexpr index_t width = FASTMLP_VEC_BYTES / sizeof(T);
 };
 
 inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
@@ -230,4 +230,4 @@ void dense_backward(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T*
     }
 }
 
-}  // namespace fastmlp
+FASTMLP_ISA_END

@@ -9,71 +9,23 @@
 #include "optim.hpp"
 #include "shuffle.hpp"
 
-namespace fastmlp {
-
-Act parse_act(const std::string& name) {
-    if (name == "linear") return Act::Linear;
-    if (name == "relu") return Act::Relu;
-    if (name == "sigmoid") return Act::Sigmoid;
-    if (name == "tanh") return Act::Tanh;
-    if (name == "softmax") return Act::Softmax;
-    throw std::invalid_argument("Unknown activation '" + name +
-                                "'. Expected one of: linear, relu, sigmoid, tanh, softmax.");
-}
-
-LossKind parse_loss(const std::string& name) {
-    if (name == "binary_crossentropy") return LossKind::BinaryCrossentropy;
-    if (name == "categorical_crossentropy") return LossKind::CategoricalCrossentropy;
-    if (name == "sparse_categorical_crossentropy") return LossKind::SparseCategoricalCrossentropy;
-    if (name == "mean_squared_error") return LossKind::MeanSquaredError;
-    throw std::invalid_argument("Unknown loss '" + name +
-                                "'. Expected one of: binary_crossentropy, categorical_crossentropy, "
-                                "sparse_categorical_crossentropy, mean_squared_error.");
-}
-
-MetricKind parse_metric(const std::string& name) {
-    if (name == "binary_accuracy") return MetricKind::BinaryAccuracy;
-    if (name == "categorical_accuracy") return MetricKind::CategoricalAccuracy;
-    if (name == "sparse_categorical_accuracy") return MetricKind::SparseCategoricalAccuracy;
-    throw std::invalid_argument("Unknown metric '" + name +
-                                "'. Expected one of: binary_accuracy, categorical_accuracy, "
-                                "sparse_categorical_accuracy.");
-}
+FASTMLP_ISA_BEGIN
 
 template <typename T>
 Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, SGDConfig sgd)
-    : layers_(std::move(layers)), loss_(loss), metrics_(std::move(metrics)), sgd_(sgd) {
-    require(!layers_.empty(), "A model needs at least one layer.");
-    index_t size = 0;
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-        const LayerSpec& s = layers_[l];
-        require(s.in > 0 && s.out > 0, "Layer " + std::to_string(l) + " has a non-positive size.");
-        require(l == 0 || s.in == layers_[l - 1].out,
-                "Layer " + std::to_string(l) + " expects " + std::to_string(s.in) + " inputs but the previous layer has " +
-                    std::to_string(layers_[l - 1].out) + " units.");
-        w_off_.push_back(size);
-        size += s.in * s.out;
-        b_off_.push_back(s.use_bias ? size : -1);
-        if (s.use_bias) size += s.out;
-    }
+    : EngineBase<T>(std::move(layers), loss, std::move(metrics), sgd) {
     index_t widest = layers_[0].in;
     for (const LayerSpec& s : layers_) widest = std::max(widest, s.out);
     narrow_ = widest <= kNarrowWidth;
-    params_.assign(size, T(0));
-    grads_.assign(size, T(0));
-    velocity_.assign(size, T(0));
     acts_.resize(layers_.size());
 }
 
-template <typename T>
-index_t Engine<T>::target_cols() const {
-    return loss_ == LossKind::SparseCategoricalCrossentropy ? 1 : layers_.back().out;
-}
+#define FASTMLP_STR2(x) #x
+#define FASTMLP_STR(x) FASTMLP_STR2(x)
 
 template <typename T>
-void Engine<T>::set_iterations(std::int64_t t) {
-    require(t >= 0, "iterations must be non-negative.");
-    iterations_ = t;
+const char* Engine<T>::isa() const {
+    return FASTMLP_STR(FASTMLP_ISA);
 }
 
 template <typename T>
@@ -286,7 +238,15 @@ double Engine<T>::compute_gradients(const T* X, const T* Y, index_t n) {
     return forward_backward(X, Y, n, nullptr);
 }
 
-template class Engine<float>;
-template class Engine<double>;
+template <typename T>
+std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec> layers, LossKind loss,
+                                             std::vector<MetricKind> metrics, SGDConfig sgd) {
+    return std::make_unique<Engine<T>>(std::move(layers), loss, std::move(metrics), sgd);
+}
 
-}  // namespace fastmlp
+template std::unique_ptr<EngineBase<float>> create_engine<float>(std::vector<LayerSpec>, LossKind,
+                                                                 std::vector<MetricKind>, SGDConfig);
+template std::unique_ptr<EngineBase<double>> create_engine<double>(std::vector<LayerSpec>, LossKind,
+                                                                   std::vector<MetricKind>, SGDConfig);
+
+FASTMLP_ISA_END

@@ -23,7 +23,7 @@
 #include "common.hpp"
 #include "mathfun.hpp"
 
-namespace fastmlp {
+FASTMLP_ISA_BEGIN
 
 template <typename T>
 inline T clip_prob(T p) {
@@ -221,4 +221,4 @@ double accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t ycols, inde
     return total;
 }
 
-}  // namespace fastmlp
+FASTMLP_ISA_END

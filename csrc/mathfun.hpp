@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <cstring>
 
-namespace fastmlp {
+#include "common.hpp"
+
+FASTMLP_ISA_BEGIN
 
 inline float bits_to_float(std::int32_t i) {
     float f;
@@ -78,4 +80,4 @@ inline float vlog(float x) { return log_fast(x); }
 inline double vexp(double x) { return std::exp(x); }
 inline double vlog(double x) { return std::log(x); }
 
-}  // namespace fastmlp
+FASTMLP_ISA_END

@@ -23,9 +23,10 @@
 #include "dense.hpp"
 #include "losses.hpp"
 
-namespace fastmlp {
+FASTMLP_ISA_BEGIN
 
-constexpr index_t kLaneBlock = 16;  // lanes are padded to a multiple of this (4 SSE vectors of float)
+// Lanes are padded to a multiple of this: 16 floats are 4 SSE, 2 AVX2 or 1 AVX-512 vector.
+constexpr index_t kLaneBlock = 16;
 
 // sum over lanes l < L of x[l] * y[l] (y null: of x[l]), L a multiple of kLaneBlock (16).
 // Order, the same for every vector width: 16 partial sums p[i] over lanes l = i (mod 16) in
@@ -257,4 +258,4 @@ double narrow_accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t B, i
     return total;
 }
 
-}  // namespace fastmlp
+FASTMLP_ISA_END

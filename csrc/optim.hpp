@@ -3,7 +3,7 @@
 
 #include "common.hpp"
 
-namespace fastmlp {
+FASTMLP_ISA_BEGIN
 
 // Keras 2 `decay` (tf-keras legacy optimizers, Keras 3 InverseTimeDecay(lr, 1, decay)):
 //   lr_t = lr / (1 + decay * t), t = number of updates already applied. Computed in T as Keras does.
@@ -36,4 +36,4 @@ void sgd_update(T* w, const T* g, T* v, index_t n, T lr, T mu, bool nesterov) {
     }
 }
 
-}  // namespace fastmlp
+FASTMLP_ISA_END

@@ -13,7 +13,7 @@
 
 #include "common.hpp"
 
-namespace fastmlp {
+FASTMLP_ISA_BEGIN
 
 constexpr std::uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
 
@@ -44,4 +44,4 @@ inline void shuffle_permutation(std::vector<std::uint32_t>& perm, index_t n, std
     }
 }
 
-}  // namespace fastmlp
+FASTMLP_ISA_END

@@ -1,0 +1,113 @@
+// Names, and the choice of the engine's instruction-set variant at run time.
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine_api.hpp"
+
+namespace fastmlp {
+
+// Each variant's factory, defined in its own compilation of engine.cpp.
+#define FASTMLP_DECLARE_VARIANT(NS)                                                                          \
+    namespace NS {                                                                                           \
+    template <typename T>                                                                                    \
+    std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec>, LossKind, std::vector<MetricKind>, \
+                                                 SGDConfig);                                                 \
+    }
+FASTMLP_DECLARE_VARIANT(base)
+#ifdef FASTMLP_HAVE_AVX2
+FASTMLP_DECLARE_VARIANT(avx2)
+#endif
+#ifdef FASTMLP_HAVE_AVX512
+FASTMLP_DECLARE_VARIANT(avx512)
+#endif
+
+Act parse_act(const std::string& name) {
+    if (name == "linear") return Act::Linear;
+    if (name == "relu") return Act::Relu;
+    if (name == "sigmoid") return Act::Sigmoid;
+    if (name == "tanh") return Act::Tanh;
+    if (name == "softmax") return Act::Softmax;
+    throw std::invalid_argument("Unknown activation '" + name +
+                                "'. Expected one of: linear, relu, sigmoid, tanh, softmax.");
+}
+
+LossKind parse_loss(const std::string& name) {
+    if (name == "binary_crossentropy") return LossKind::BinaryCrossentropy;
+    if (name == "categorical_crossentropy") return LossKind::CategoricalCrossentropy;
+    if (name == "sparse_categorical_crossentropy") return LossKind::SparseCategoricalCrossentropy;
+    if (name == "mean_squared_error") return LossKind::MeanSquaredError;
+    throw std::invalid_argument("Unknown loss '" + name +
+                                "'. Expected one of: binary_crossentropy, categorical_crossentropy, "
+                                "sparse_categorical_crossentropy, mean_squared_error.");
+}
+
+MetricKind parse_metric(const std::string& name) {
+    if (name == "binary_accuracy") return MetricKind::BinaryAccuracy;
+    if (name == "categorical_accuracy") return MetricKind::CategoricalAccuracy;
+    if (name == "sparse_categorical_accuracy") return MetricKind::SparseCategoricalAccuracy;
+    throw std::invalid_argument("Unknown metric '" + name +
+                                "'. Expected one of: binary_accuracy, categorical_accuracy, "
+                                "sparse_categorical_accuracy.");
+}
+
+std::vector<std::string> built_isas() {
+    std::vector<std::string> out;
+#ifdef FASTMLP_HAVE_AVX512
+    out.push_back("avx512");
+#endif
+#ifdef FASTMLP_HAVE_AVX2
+    out.push_back("avx2");
+#endif
+    out.push_back("base");
+    return out;
+}
+
+static bool cpu_runs(const std::string& isa) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    if (isa == "avx512")
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return isa == "base";
+}
+
+std::vector<std::string> supported_isas() {
+    std::vector<std::string> out;
+    for (const std::string& isa : built_isas())
+        if (cpu_runs(isa)) out.push_back(isa);
+    return out;
+}
+
+template <typename T>
+std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<LayerSpec> layers, LossKind loss,
+                                           std::vector<MetricKind> metrics, SGDConfig sgd) {
+    const std::vector<std::string> ok = supported_isas();
+    const std::string pick = isa.empty() ? ok.front() : isa;
+    bool found = false;
+    for (const std::string& s : ok) found = found || s == pick;
+    if (!found) {
+        std::string list;
+        for (const std::string& s : ok) list += (list.empty() ? "" : ", ") + s;
+        throw std::invalid_argument("Instruction set '" + pick + "' is not available on this machine and build. "
+                                    "Expected one of: " + list + ".");
+    }
+#ifdef FASTMLP_HAVE_AVX512
+    if (pick == "avx512") return avx512::create_engine<T>(std::move(layers), loss, std::move(metrics), sgd);
+#endif
+#ifdef FASTMLP_HAVE_AVX2
+    if (pick == "avx2") return avx2::create_engine<T>(std::move(layers), loss, std::move(metrics), sgd);
+#endif
+    return base::create_engine<T>(std::move(layers), loss, std::move(metrics), sgd);
+}
+
+template std::unique_ptr<EngineBase<float>> make_engine<float>(const std::string&, std::vector<LayerSpec>, LossKind,
+                                                               std::vector<MetricKind>, SGDConfig);
+template std::unique_ptr<EngineBase<double>> make_engine<double>(const std::string&, std::vector<LayerSpec>,
+                                                                 LossKind, std::vector<MetricKind>, SGDConfig);
+
+}  // namespace fastmlp

@@ -1,0 +1,103 @@
+// The native training engine's interface, shared by its ISA variants.
+//
+// An engine is a Sequential stack of Dense layers that owns its parameters, gradients and
+// optimizer state in flat arenas and runs whole epochs without returning to Python.
+// Arena layout: for each layer l in order, its kernel W_l (in_l, out_l) row-major, then its bias
+// b_l (out_l,) when it has one. params, grads and velocity share that layout, so the optimizer is
+// one streaming loop over the arena and a layer's weights are views at fixed offsets.
+//
+// EngineBase holds that state; the compute (engine.hpp) is compiled once per instruction set and
+// chosen at run time (make_engine): every variant computes the same bits.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+
+namespace fastmlp {
+
+template <typename T>
+class EngineBase {
+public:
+    EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, SGDConfig sgd);
+    virtual ~EngineBase() = default;
+
+    std::vector<T>& params() { return params_; }
+    std::vector<T>& grads() { return grads_; }
+    std::vector<T>& velocity() { return velocity_; }
+    const std::vector<LayerSpec>& layers() const { return layers_; }
+    index_t kernel_offset(std::size_t l) const { return w_off_.at(l); }
+    index_t bias_offset(std::size_t l) const { return b_off_.at(l); }  // -1 without bias
+    std::int64_t iterations() const { return iterations_; }
+    void set_iterations(std::int64_t t) {
+        require(t >= 0, "iterations must be non-negative; received " + std::to_string(t) + ".");
+        iterations_ = t;
+    }
+    SGDConfig& sgd() { return sgd_; }
+    index_t target_cols() const { return loss_ == LossKind::SparseCategoricalCrossentropy ? 1 : layers_.back().out; }
+    // Held by every public operation of the bindings: a model is used by one thread at a time.
+    std::mutex& mutex() { return mutex_; }
+
+    virtual const char* isa() const = 0;
+
+    // Training. begin_epoch fixes the epoch's sample order (a seeded shuffle, or 0..n-1) and
+    // clears the running sums; train_steps runs up to max_steps batches of it (all that remain
+    // when max_steps <= 0) and returns the sums so far. X (n, in_0), Y (n, target_cols()).
+    virtual void begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) = 0;
+    virtual EpochSums train_steps(const T* X, const T* Y, index_t n, index_t max_steps) = 0;
+    // Inference: out (n, out_last) overwritten. evaluate returns loss and metric sums over n.
+    virtual void predict(const T* X, index_t n, T* out, index_t batch_size) = 0;
+    virtual EpochSums evaluate(const T* X, const T* Y, index_t n, index_t batch_size) = 0;
+    // One forward + backward on the given rows without updating: fills grads(), returns the loss sum.
+    virtual double compute_gradients(const T* X, const T* Y, index_t n) = 0;
+
+protected:
+    std::vector<LayerSpec> layers_;
+    LossKind loss_;
+    std::vector<MetricKind> metrics_;
+    SGDConfig sgd_;
+    std::int64_t iterations_ = 0;
+    std::vector<T> params_, grads_, velocity_;
+    std::vector<index_t> w_off_, b_off_;
+    std::mutex mutex_;
+};
+
+template <typename T>
+EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics,
+                          SGDConfig sgd)
+    : layers_(std::move(layers)), loss_(loss), metrics_(std::move(metrics)), sgd_(sgd) {
+    require(!layers_.empty(), "A model needs at least one layer.");
+    index_t size = 0;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const LayerSpec& s = layers_[l];
+        require(s.in > 0 && s.out > 0, "Layer " + std::to_string(l) + " has a non-positive size.");
+        require(l == 0 || s.in == layers_[l - 1].out,
+                "Layer " + std::to_string(l) + " expects " + std::to_string(s.in) +
+                    " inputs but the previous layer has " + std::to_string(layers_[l - 1].out) + " units.");
+        w_off_.push_back(size);
+        size += s.in * s.out;
+        b_off_.push_back(s.use_bias ? size : -1);
+        if (s.use_bias) size += s.out;
+    }
+    for (MetricKind m : metrics_)
+        require(m != MetricKind::SparseCategoricalAccuracy || loss_ == LossKind::SparseCategoricalCrossentropy,
+                "sparse_categorical_accuracy needs the sparse_categorical_crossentropy loss (integer labels).");
+    params_.assign(size, T(0));
+    grads_.assign(size, T(0));
+    velocity_.assign(size, T(0));
+}
+
+// The instruction sets this build has variants for, best first, and the one the CPU can run.
+std::vector<std::string> built_isas();
+std::vector<std::string> supported_isas();  // built and runnable here, best first
+
+// A new engine on instruction set `isa` ("" = the best supported one).
+template <typename T>
+std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<LayerSpec> layers, LossKind loss,
+                                           std::vector<MetricKind> metrics, SGDConfig sgd);
+
+}  // namespace fastmlp
