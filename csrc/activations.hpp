@@ -27,19 +27,40 @@ inline void softmax_row(T* a, index_t n) {
     for (index_t j = 0; j < n; ++j) a[j] *= inv;
 }
 
+// One element of an elementwise activation (not softmax), the activation fixed at compile time so
+// that loops over elements vectorize: act_value(z) = act(z); act_grad(a, d) = d * act'(z) written
+// from the output a = act(z).
+template <Act A, typename T>
+inline T act_value(T z) {
+    static_assert(A != Act::Softmax, "softmax is not elementwise");
+    if constexpr (A == Act::Relu) return z > T(0) ? z : T(0);
+    if constexpr (A == Act::Sigmoid) return T(1) / (T(1) + vexp(-z));
+    if constexpr (A == Act::Tanh) return std::tanh(z);
+    return z;
+}
+
+template <Act A, typename T>
+inline T act_grad(T a, T d) {
+    static_assert(A != Act::Softmax, "softmax is not elementwise");
+    if constexpr (A == Act::Relu) return a > T(0) ? d : T(0);
+    if constexpr (A == Act::Sigmoid) return d * (a * (T(1) - a));
+    if constexpr (A == Act::Tanh) return d * (T(1) - a * a);
+    return d;
+}
+
 // Forward: A := act(A) in place on one row of n pre-activations (Z in, A out).
 template <typename T>
 inline void act_forward_row(Act act, T* a, index_t n) {
     switch (act) {
         case Act::Linear: break;
         case Act::Relu:
-            for (index_t j = 0; j < n; ++j) a[j] = a[j] > T(0) ? a[j] : T(0);
+            for (index_t j = 0; j < n; ++j) a[j] = act_value<Act::Relu>(a[j]);
             break;
         case Act::Sigmoid:
-            for (index_t j = 0; j < n; ++j) a[j] = T(1) / (T(1) + vexp(-a[j]));
+            for (index_t j = 0; j < n; ++j) a[j] = act_value<Act::Sigmoid>(a[j]);
             break;
         case Act::Tanh:
-            for (index_t j = 0; j < n; ++j) a[j] = std::tanh(a[j]);
+            for (index_t j = 0; j < n; ++j) a[j] = act_value<Act::Tanh>(a[j]);
             break;
         case Act::Softmax: softmax_row(a, n); break;
     }
@@ -53,13 +74,13 @@ inline void act_backward_row(Act act, const T* a, T* d, index_t n) {
     switch (act) {
         case Act::Linear: break;
         case Act::Relu:
-            for (index_t j = 0; j < n; ++j) d[j] = a[j] > T(0) ? d[j] : T(0);
+            for (index_t j = 0; j < n; ++j) d[j] = act_grad<Act::Relu>(a[j], d[j]);
             break;
         case Act::Sigmoid:
-            for (index_t j = 0; j < n; ++j) d[j] = d[j] * (a[j] * (T(1) - a[j]));
+            for (index_t j = 0; j < n; ++j) d[j] = act_grad<Act::Sigmoid>(a[j], d[j]);
             break;
         case Act::Tanh:
-            for (index_t j = 0; j < n; ++j) d[j] = d[j] * (T(1) - a[j] * a[j]);
+            for (index_t j = 0; j < n; ++j) d[j] = act_grad<Act::Tanh>(a[j], d[j]);
             break;
         case Act::Softmax: {
             T dot = 0;

@@ -107,15 +107,17 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, std::vector<doub
     if (metric_sums)
         for (std::size_t m = 0; m < metrics_.size(); ++m)
             (*metric_sums)[m] += narrow_accuracy_sum(metrics_[m], in, yb_.data(), B, L, last.out);
+    // delta_a_ holds the last layer's dZ; each backward writes the previous layer's dZ (its
+    // activation derivative fused in) into the other buffer.
     T* d = delta_a_.data();
     T* d_prev = delta_b_.data();
     for (std::size_t l = layers_.size(); l-- > 0;) {
         const LayerSpec& s = layers_[l];
         const T* x = l == 0 ? xb_.data() : acts_[l - 1].data();
         T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
+        const Act act_prev = l == 0 ? Act::Linear : layers_[l - 1].act;
         narrow_dense_backward(l == 0 ? static_cast<T*>(nullptr) : d_prev, grads_.data() + w_off_[l], db, d, x,
-                              params_.data() + w_off_[l], acts_[l].data(), L, s.in, s.out,
-                              l + 1 == layers_.size() ? Act::Linear : s.act, lane_tmp_.data());
+                              params_.data() + w_off_[l], L, s.in, s.out, act_prev, x, lane_tmp_.data());
         std::swap(d, d_prev);
     }
     return loss;

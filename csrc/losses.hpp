@@ -62,6 +62,30 @@ inline T bce_grad(T p, T y, T s) {  // s * d/dp[-(y log p + (1 - y) log(1 - p))]
     return clip_active(p) ? T(0) : g;
 }
 
+// The same two functions for a target that is exactly 0 or 1, with one log and one division
+// instead of two: for such y they return the same bits as bce_term and bce_grad (the dropped
+// term is an exact zero).
+template <typename T>
+inline T bce_term_binary(T p, T y) {
+    const T q = clip_prob(p);
+    return vlog(y == T(1) ? q : T(1) - q);
+}
+
+template <typename T>
+inline T bce_grad_binary(T p, T y, T s) {
+    const T r = T(1) / (y == T(1) ? p : T(1) - p);
+    const T g = s * (y == T(1) ? -r : r);
+    return clip_active(p) ? T(0) : g;
+}
+
+template <typename T>
+inline bool all_binary(const T* Y, index_t n) {
+    // Integer accumulation rather than a bool with early exit, so that the loop vectorizes.
+    int bad = 0;
+    for (index_t k = 0; k < n; ++k) bad |= static_cast<int>(Y[k] != T(0)) & static_cast<int>(Y[k] != T(1));
+    return bad == 0;
+}
+
 template <typename T>
 inline index_t argmax_row(const T* a, index_t n) {
     index_t best = 0;
@@ -96,7 +120,11 @@ double loss_sum(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B,
     if (static_cast<index_t>(work.size()) < n) work.resize(n);
     T* t = work.data();
     if (kind == LossKind::BinaryCrossentropy) {
-        for (index_t k = 0; k < n; ++k) t[k] = bce_term(P[k], Y[k]);
+        if (all_binary(Y, n)) {
+            for (index_t k = 0; k < n; ++k) t[k] = bce_term_binary(P[k], Y[k]);
+        } else {
+            for (index_t k = 0; k < n; ++k) t[k] = bce_term(P[k], Y[k]);
+        }
     } else {
         for (index_t k = 0; k < n; ++k) t[k] = (P[k] - Y[k]) * (P[k] - Y[k]);
     }
@@ -116,7 +144,11 @@ void loss_grad(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, 
     switch (kind) {
         case LossKind::BinaryCrossentropy: {
             const T s = scale / T(C);
-            for (index_t k = 0; k < n; ++k) G[k] = bce_grad(P[k], Y[k], s);
+            if (all_binary(Y, n)) {
+                for (index_t k = 0; k < n; ++k) G[k] = bce_grad_binary(P[k], Y[k], s);
+            } else {
+                for (index_t k = 0; k < n; ++k) G[k] = bce_grad(P[k], Y[k], s);
+            }
             break;
         }
         case LossKind::CategoricalCrossentropy:

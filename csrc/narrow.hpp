@@ -89,59 +89,112 @@ void narrow_softmax(T* A, index_t F, index_t L, T* tmp) {
         for (index_t l = 0; l < L; ++l) A[f * L + l] *= s[l];
 }
 
-// Dense forward, feature-major:  Z (N, L) := act(W^T X + b)  for X (K, L), W (K, N), b (N,) or null.
-template <typename T>
-void narrow_dense_forward(T* Z, const T* X, const T* W, const T* b, index_t L, index_t K, index_t N, Act act,
-                          T* tmp) {
-    for (index_t n = 0; n < N; ++n) {
-        T* z = Z + n * L;
-        // The first term is added to an explicit 0 (as the naive kernel's accumulator starts at 0),
-        // which keeps the sign of zero identical and saves a separate zeroing pass.
-        const T w0 = W[n];
-        for (index_t l = 0; l < L; ++l) z[l] = T(0) + X[l] * w0;
-        for (index_t k = 1; k < K; ++k) {
-            const T w = W[k * N + n];
-            const T* x = X + k * L;
-            for (index_t l = 0; l < L; ++l) z[l] += x[l] * w;
-        }
-        if (b)
-            for (index_t l = 0; l < L; ++l) z[l] += b[n];
-    }
-    if (act == Act::Softmax) {
-        narrow_softmax(Z, N, L, tmp);
-    } else {
-        act_forward_row(act, Z, N * L);
+// Last pass of a feature-major product, fused with its epilogue:
+//   z[l] := act((z[l] + x[l] * w) + b)   (Fresh: z[l] starts from 0; Bias false: no "+ b").
+template <Act A, bool Fresh, bool Bias, typename T>
+inline void last_pass(T* z, const T* x, T w, T b, index_t L) {
+    for (index_t l = 0; l < L; ++l) {
+        T v = (Fresh ? T(0) : z[l]) + x[l] * w;
+        if constexpr (Bias) v = v + b;
+        z[l] = act_value<A>(v);
     }
 }
 
-// Dense backward, feature-major. dY (N, L): dL/dA in, dZ out. dW (K, N) and db (N,) overwritten
-// with the lane reductions; dX (K, L) := W dZ, or skipped when null. tmp holds L values.
-template <typename T>
-void narrow_dense_backward(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T* A, index_t L, index_t K,
-                           index_t N, Act act, T* tmp) {
-    if (act == Act::Softmax) {
-        T* dot = tmp;
-        rows_sum(dot, dY, A, N, L);
-        for (index_t n = 0; n < N; ++n)
-            for (index_t l = 0; l < L; ++l) dY[n * L + l] = A[n * L + l] * (dY[n * L + l] - dot[l]);
+template <Act A, typename T>
+inline void last_pass(T* z, const T* x, T w, const T* b, bool fresh, index_t L) {
+    if (fresh) {
+        b ? last_pass<A, true, true>(z, x, w, *b, L) : last_pass<A, true, false>(z, x, w, T(0), L);
     } else {
-        act_backward_row(act, A, dY, N * L);
+        b ? last_pass<A, false, true>(z, x, w, *b, L) : last_pass<A, false, false>(z, x, w, T(0), L);
     }
-    for (index_t k = 0; k < K; ++k)
-        for (index_t n = 0; n < N; ++n) dW[k * N + n] = lane_dot(X + k * L, dY + n * L, L);
-    if (db)
-        for (index_t n = 0; n < N; ++n) db[n] = lane_dot(dY + n * L, static_cast<const T*>(nullptr), L);
-    if (dX)
-        for (index_t k = 0; k < K; ++k) {
-            T* dx = dX + k * L;
-            const T w0 = W[k * N];
-            for (index_t l = 0; l < L; ++l) dx[l] = T(0) + dY[l] * w0;
-            for (index_t n = 1; n < N; ++n) {
+}
+
+// Dense forward, feature-major:  Z (N, L) := act(W^T X + b)  for X (K, L), W (K, N), b (N,) or null.
+// Per element: 0 + x_0 w_0 + ... + x_{K-1} w_{K-1}, then + b, then act, as dense_forward_naive.
+// The bias and an elementwise activation are applied in the pass that adds the last input.
+template <typename T>
+void narrow_dense_forward(T* Z, const T* X, const T* W, const T* b, index_t L, index_t K, index_t N, Act act,
+                          T* tmp) {
+    const Act fused = act == Act::Softmax ? Act::Linear : act;
+    for (index_t n = 0; n < N; ++n) {
+        T* z = Z + n * L;
+        if (K > 1) {
+            const T w0 = W[n];
+            for (index_t l = 0; l < L; ++l) z[l] = T(0) + X[l] * w0;
+            for (index_t k = 1; k + 1 < K; ++k) {
                 const T w = W[k * N + n];
-                const T* d = dY + n * L;
+                const T* x = X + k * L;
+                for (index_t l = 0; l < L; ++l) z[l] += x[l] * w;
+            }
+        }
+        const T* x = X + (K - 1) * L;
+        const T w = W[(K - 1) * N + n];
+        const T* bn = b ? b + n : nullptr;
+        switch (fused) {
+            case Act::Relu: last_pass<Act::Relu>(z, x, w, bn, K == 1, L); break;
+            case Act::Sigmoid: last_pass<Act::Sigmoid>(z, x, w, bn, K == 1, L); break;
+            case Act::Tanh: last_pass<Act::Tanh>(z, x, w, bn, K == 1, L); break;
+            default: last_pass<Act::Linear>(z, x, w, bn, K == 1, L); break;
+        }
+    }
+    if (act == Act::Softmax) narrow_softmax(Z, N, L, tmp);
+}
+
+// Softmax's backward over the F rows of each lane, in place: d := a * (d - sum_f d a). tmp: L values.
+template <typename T>
+void narrow_softmax_backward(const T* A, T* D, index_t F, index_t L, T* tmp) {
+    rows_sum(tmp, D, A, F, L);
+    for (index_t f = 0; f < F; ++f)
+        for (index_t l = 0; l < L; ++l) D[f * L + l] = A[f * L + l] * (D[f * L + l] - tmp[l]);
+}
+
+// dx[l] := act_prev'((dx[l] + d[l] * w)) from the previous layer's output a (Fresh: dx starts at 0).
+template <Act A, bool Fresh, typename T>
+inline void last_grad_pass(T* dx, const T* d, T w, const T* a, index_t L) {
+    for (index_t l = 0; l < L; ++l) dx[l] = act_grad<A>(a[l], (Fresh ? T(0) : dx[l]) + d[l] * w);
+}
+
+template <Act A, typename T>
+inline void last_grad_pass(T* dx, const T* d, T w, const T* a, bool fresh, index_t L) {
+    fresh ? last_grad_pass<A, true>(dx, d, w, a, L) : last_grad_pass<A, false>(dx, d, w, a, L);
+}
+
+// Dense backward, feature-major, given dZ (N, L) = dL/dZ of this layer (padding lanes zero):
+//   dW (K, N) := lane sums of X dZ^T and db (N,) := lane sums of dZ, overwritten (db null: skipped);
+//   dX (K, L) := act_prev'(W dZ), the gradient with respect to the PREVIOUS layer's pre-activation,
+//   with that layer's activation derivative (from its output A_prev (K, L)) applied in the pass
+//   that adds the last term; skipped when dX is null. tmp holds L values.
+template <typename T>
+void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T* W, index_t L, index_t K, index_t N,
+                           Act act_prev, const T* A_prev, T* tmp) {
+    for (index_t k = 0; k < K; ++k)
+        for (index_t n = 0; n < N; ++n) dW[k * N + n] = lane_dot(X + k * L, dZ + n * L, L);
+    if (db)
+        for (index_t n = 0; n < N; ++n) db[n] = lane_dot(dZ + n * L, static_cast<const T*>(nullptr), L);
+    if (!dX) return;
+    const Act fused = act_prev == Act::Softmax ? Act::Linear : act_prev;
+    for (index_t k = 0; k < K; ++k) {
+        T* dx = dX + k * L;
+        if (N > 1) {
+            const T w0 = W[k * N];
+            for (index_t l = 0; l < L; ++l) dx[l] = T(0) + dZ[l] * w0;
+            for (index_t n = 1; n + 1 < N; ++n) {
+                const T w = W[k * N + n];
+                const T* d = dZ + n * L;
                 for (index_t l = 0; l < L; ++l) dx[l] += d[l] * w;
             }
         }
+        const T* d = dZ + (N - 1) * L;
+        const T w = W[k * N + N - 1];
+        const T* a = A_prev + k * L;
+        switch (fused) {
+            case Act::Relu: last_grad_pass<Act::Relu>(dx, d, w, a, N == 1, L); break;
+            case Act::Sigmoid: last_grad_pass<Act::Sigmoid>(dx, d, w, a, N == 1, L); break;
+            case Act::Tanh: last_grad_pass<Act::Tanh>(dx, d, w, a, N == 1, L); break;
+            default: last_grad_pass<Act::Linear>(dx, d, w, a, N == 1, L); break;
+        }
+    }
+    if (act_prev == Act::Softmax) narrow_softmax_backward(A_prev, dX, K, L, tmp);
 }
 
 // Loss of the B real lanes of P (C, L) against Y (yc, L) (yc = 1: class ids), summed over lanes in
@@ -155,10 +208,13 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
     T* s = t + C * L;
     T* u = s + L;
     const bool sparse = kind == LossKind::SparseCategoricalCrossentropy;
+    const bool binary = kind == LossKind::BinaryCrossentropy && all_binary(Y, C * L);
     // Per-lane loss into s.
     if (kind == LossKind::BinaryCrossentropy || kind == LossKind::MeanSquaredError) {
         const index_t n = C * L;
-        if (kind == LossKind::BinaryCrossentropy) {
+        if (kind == LossKind::BinaryCrossentropy && binary) {
+            for (index_t k = 0; k < n; ++k) t[k] = bce_term_binary(P[k], Y[k]);
+        } else if (kind == LossKind::BinaryCrossentropy) {
             for (index_t k = 0; k < n; ++k) t[k] = bce_term(P[k], Y[k]);
         } else {
             for (index_t k = 0; k < n; ++k) t[k] = (P[k] - Y[k]) * (P[k] - Y[k]);
@@ -200,7 +256,11 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
         // Unfused: dL/dP, then the activation's backward.
         if (kind == LossKind::BinaryCrossentropy) {
             const T sc = scale / T(C);
-            for (index_t k = 0; k < n; ++k) dZ[k] = bce_grad(P[k], Y[k], sc);
+            if (binary) {
+                for (index_t k = 0; k < n; ++k) dZ[k] = bce_grad_binary(P[k], Y[k], sc);
+            } else {
+                for (index_t k = 0; k < n; ++k) dZ[k] = bce_grad(P[k], Y[k], sc);
+            }
         } else if (kind == LossKind::MeanSquaredError) {
             const T sc = scale * T(2) / T(C);
             for (index_t k = 0; k < n; ++k) dZ[k] = sc * (P[k] - Y[k]);
@@ -220,10 +280,7 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
                 for (index_t l = 0; l < L; ++l) dZ[c * L + l] = scale * (dZ[c * L + l] - dot[l]) / u[l];
         }
         if (act == Act::Softmax) {
-            T* dot = s;
-            rows_sum(dot, dZ, P, C, L);
-            for (index_t c = 0; c < C; ++c)
-                for (index_t l = 0; l < L; ++l) dZ[c * L + l] = P[c * L + l] * (dZ[c * L + l] - dot[l]);
+            narrow_softmax_backward(P, dZ, C, L, s);
         } else {
             act_backward_row(act, P, dZ, n);
         }

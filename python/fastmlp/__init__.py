@@ -7,6 +7,7 @@
 
 from . import _core, activations, backend, callbacks, initializers, layers, losses, metrics, models, optimizers
 from . import reference, utils
+from .backend import cpu_info
 from .layers import Dense, Input
 from .models import Sequential
 
@@ -27,4 +28,5 @@ __all__ = [
     "Dense",
     "Input",
     "Sequential",
+    "cpu_info",
 ]

@@ -169,7 +169,7 @@ class Sequential:
         cfg = (opt.learning_rate, opt.momentum, opt.decay, opt.nesterov)
         if args["backend"] == "cpu":
             cls = _core.Engine64 if args["dtype"] == "float64" else _core.Engine32
-            engine = cls(specs, self.loss, args["kinds"], *cfg)
+            engine = cls(specs, self.loss, args["kinds"], *cfg, _backend.get_isa())
         else:
             engine = ReferenceEngine(specs, self.loss, args["kinds"], *cfg, dtype=args["dtype"])
         views = engine.weight_views("params")
