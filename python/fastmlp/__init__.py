@@ -6,7 +6,7 @@
 """
 
 from . import _core, activations, backend, callbacks, initializers, layers, losses, metrics, models, optimizers
-from . import reference, utils
+from . import plot, reference, utils
 from .backend import cpu_info
 from .layers import Dense, Input
 from .models import Sequential
@@ -23,6 +23,7 @@ __all__ = [
     "metrics",
     "models",
     "optimizers",
+    "plot",
     "reference",
     "utils",
     "Dense",

@@ -68,8 +68,8 @@ def plot_history(history, path=None, metrics=None):
         )
     if "loss" not in logs:
         raise ValueError(
-            f"The history has no 'loss' to plot; it records: {sorted(logs) or 'nothing'}. "
-            "Pass the History returned by model.fit()."
+            f"The history has no 'loss' to plot; it records: {sorted(logs) or 'nothing'}. Pass the History "
+            "returned by model.fit() after at least one epoch, or its `history` dict."
         )
     recorded = [k for k in logs if not k.startswith("val_") and k != "loss"]
     if metrics is None:
