@@ -123,6 +123,35 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, std::vector<doub
     return loss;
 }
 
+// Gather rows idx[0..B) of X and Y into the batch buffers (feature-major on the narrow path, with
+// zero padding lanes) and run forward and backward: grads_ := the batch's gradient. Returns the
+// batch's loss sum and adds its metric sums.
+template <typename T>
+double Engine<T>::batch_gradients(const T* X, const T* Y, const std::uint32_t* idx, index_t B,
+                                  std::vector<double>* metric_sums) {
+    const index_t K = layers_[0].in, yc = target_cols();
+    if (narrow_) {
+        const index_t L = round_up(B, kLaneBlock);
+        for (index_t k = 0; k < K; ++k) {
+            T* xr = xb_.data() + k * L;
+            for (index_t r = 0; r < B; ++r) xr[r] = X[static_cast<index_t>(idx[r]) * K + k];
+            std::fill(xr + B, xr + L, T(0));
+        }
+        for (index_t j = 0; j < yc; ++j) {
+            T* yr = yb_.data() + j * L;
+            for (index_t r = 0; r < B; ++r) yr[r] = Y[static_cast<index_t>(idx[r]) * yc + j];
+            std::fill(yr + B, yr + L, T(0));
+        }
+        return forward_backward_narrow(B, L, metric_sums);
+    }
+    for (index_t r = 0; r < B; ++r) {
+        const index_t src = static_cast<index_t>(idx[r]);
+        for (index_t k = 0; k < K; ++k) xb_[r * K + k] = X[src * K + k];
+        for (index_t j = 0; j < yc; ++j) yb_[r * yc + j] = Y[src * yc + j];
+    }
+    return forward_backward(xb_.data(), yb_.data(), B, metric_sums);
+}
+
 template <typename T>
 void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) {
     require(n > 0, "Cannot train on an empty dataset (0 samples).");
@@ -147,7 +176,6 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
     require(n == epoch_n_, "train_steps: the data has " + std::to_string(n) + " rows but the epoch was begun with " +
                                std::to_string(epoch_n_) + ".");
     check_labels(Y, n);
-    const index_t K = layers_[0].in, yc = target_cols();
     ensure_batch(std::min(batch_size_, n));
     index_t end = sums_.steps_total;
     if (max_steps > 0) end = std::min(end, sums_.steps_done + max_steps);
@@ -155,29 +183,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
         const index_t start = step * batch_size_;
         const index_t B = std::min(batch_size_, n - start);
         const std::uint32_t* idx = order_.data() + start;
-        double loss;
-        if (narrow_) {
-            // Gather feature-major: lane r holds sample idx[r]; padding lanes are zero.
-            const index_t L = round_up(B, kLaneBlock);
-            for (index_t k = 0; k < K; ++k) {
-                T* xr = xb_.data() + k * L;
-                for (index_t r = 0; r < B; ++r) xr[r] = X[static_cast<index_t>(idx[r]) * K + k];
-                std::fill(xr + B, xr + L, T(0));
-            }
-            for (index_t j = 0; j < yc; ++j) {
-                T* yr = yb_.data() + j * L;
-                for (index_t r = 0; r < B; ++r) yr[r] = Y[static_cast<index_t>(idx[r]) * yc + j];
-                std::fill(yr + B, yr + L, T(0));
-            }
-            loss = forward_backward_narrow(B, L, &sums_.metrics);
-        } else {
-            for (index_t r = 0; r < B; ++r) {
-                const index_t src = static_cast<index_t>(idx[r]);
-                for (index_t k = 0; k < K; ++k) xb_[r * K + k] = X[src * K + k];
-                for (index_t j = 0; j < yc; ++j) yb_[r * yc + j] = Y[src * yc + j];
-            }
-            loss = forward_backward(xb_.data(), yb_.data(), B, &sums_.metrics);
-        }
+        const double loss = batch_gradients(X, Y, idx, B, &sums_.metrics);
         const T lr = decayed_lr<T>(sgd_.learning_rate, sgd_.decay, iterations_);
         sgd_update(params_.data(), grads_.data(), velocity_.data(), static_cast<index_t>(params_.size()), lr,
                    T(sgd_.momentum), sgd_.nesterov);
@@ -234,10 +240,12 @@ EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_s
 template <typename T>
 double Engine<T>::compute_gradients(const T* X, const T* Y, index_t n) {
     FlushDenormals ftz;
-    require(n > 0, "compute_gradients needs at least one sample.");
+    require(n > 0 && n < (index_t(1) << 32), "compute_gradients needs between 1 and 2**32 - 1 samples.");
     check_labels(Y, n);
     ensure_batch(n);
-    return forward_backward(X, Y, n, nullptr);
+    std::vector<std::uint32_t> all(n);
+    for (index_t i = 0; i < n; ++i) all[i] = static_cast<std::uint32_t>(i);
+    return batch_gradients(X, Y, all.data(), n, nullptr);
 }
 
 template <typename T>

@@ -39,6 +39,8 @@ private:
     const T* forward(const T* X, index_t B, std::vector<std::vector<T>>& acts);
     double forward_backward(const T* X, const T* Y, index_t B, std::vector<double>* metric_sums);
     double forward_backward_narrow(index_t B, index_t L, std::vector<double>* metric_sums);
+    double batch_gradients(const T* X, const T* Y, const std::uint32_t* idx, index_t B,
+                           std::vector<double>* metric_sums);
     void check_labels(const T* Y, index_t n) const;
 
     // Tiny networks train on the feature-major kernels of narrow.hpp (decided by the widths alone,

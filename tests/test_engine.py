@@ -1,0 +1,108 @@
+"""The native engine's whole-network gradients, on both of its paths (feature-major for tiny
+networks, row-major with packed products otherwise): against the NumPy reference engine and
+float64 central finite differences; and one SGD step against a hand-computed update."""
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+from fastmlp import _core
+from fastmlp.reference import ReferenceEngine
+
+# (output activation, loss) pairs covering every fused and unfused output path.
+OUTPUTS = [
+    ("softmax", "binary_crossentropy"),
+    ("softmax", "categorical_crossentropy"),
+    ("softmax", "sparse_categorical_crossentropy"),
+    ("sigmoid", "binary_crossentropy"),
+    ("linear", "mean_squared_error"),
+    ("softmax", "mean_squared_error"),
+]
+# Hidden widths: (2, 4, 4) is the seed's narrow path; (20, 24, 17) exceeds the narrow limit of 16.
+SHAPES = {"narrow": (2, 4, 4), "rowmajor": (20, 24, 17)}
+HIDDEN = ("tanh", "sigmoid")  # smooth, so that finite differences apply everywhere
+
+
+def _problem(shape, out_act, loss, n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    classes = 3
+    specs = [(shape[0], shape[1], HIDDEN[0], True), (shape[1], shape[2], HIDDEN[1], False),
+             (shape[2], classes, out_act, True)]
+    x = rng.standard_normal((n, shape[0])).astype(dtype)
+    labels = rng.integers(0, classes, n)
+    if loss == "sparse_categorical_crossentropy":
+        y = labels.reshape(n, 1).astype(dtype)
+    elif loss == "mean_squared_error":
+        y = rng.standard_normal((n, classes)).astype(dtype)
+    elif loss == "binary_crossentropy" and out_act == "sigmoid":
+        y = (rng.random((n, classes)) < 0.5).astype(dtype)
+    else:
+        y = np.eye(classes, dtype=dtype)[labels]
+    size = sum(i * o + (o if b else 0) for i, o, _a, b in specs)
+    params = (rng.standard_normal(size) * 0.5).astype(dtype)
+    return specs, x, y, params
+
+
+def _native(specs, loss, dtype):
+    cls = _core.Engine64 if dtype == np.float64 else _core.Engine32
+    return cls(specs, loss, [], 0.1, 0.0, 0.0, False)
+
+
+@pytest.mark.parametrize("path", SHAPES)
+@pytest.mark.parametrize("out_act, loss", OUTPUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradients_match_the_reference(path, out_act, loss, dtype):
+    specs, x, y, params = _problem(SHAPES[path], out_act, loss, 37, dtype)
+    native = _native(specs, loss, dtype)
+    ref = ReferenceEngine(specs, loss, [], 0.1, 0.0, 0.0, False, dtype=dtype)
+    native.params[:] = params
+    ref.params[:] = params
+    loss_native = native.compute_gradients(x, y)
+    loss_ref = ref.compute_gradients(x, y)
+    # The loss sums are float64 accumulations of `dtype` values: compare at `dtype`'s tolerance.
+    assert_close(np.asarray(loss_native, dtype), np.asarray(loss_ref, dtype), kind="forward")
+    assert_close(native.grads, ref.grads, kind="grad")
+
+
+@pytest.mark.parametrize("path", SHAPES)
+@pytest.mark.parametrize("out_act, loss", OUTPUTS)
+def test_gradients_match_float64_finite_differences(path, out_act, loss):
+    specs, x, y, params = _problem(SHAPES[path], out_act, loss, 23, np.float64, seed=1)
+    engine = _native(specs, loss, np.float64)
+    engine.params[:] = params
+    engine.compute_gradients(x, y)
+    analytic = engine.grads.copy()
+    n = len(x)
+    h = 1e-6
+    rng = np.random.default_rng(2)
+    for i in rng.choice(len(params), size=min(40, len(params)), replace=False):
+        p = params.copy()
+        p[i] += h
+        engine.params[:] = p
+        up = engine.compute_gradients(x, y) / n
+        p[i] -= 2 * h
+        engine.params[:] = p
+        down = engine.compute_gradients(x, y) / n
+        # Central differences carry O(h^2) truncation and O(eps/h) rounding error: ~1e-9 here.
+        assert abs((up - down) / (2 * h) - analytic[i]) <= 1e-7 + 1e-6 * abs(analytic[i]), i
+
+
+@pytest.mark.parametrize("path", SHAPES)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_one_training_step_is_the_keras_update(path, nesterov):
+    specs, x, y, params = _problem(SHAPES[path], "softmax", "categorical_crossentropy", 19, np.float64, seed=3)
+    engine = _core.Engine64(specs, "categorical_crossentropy", [], 0.05, 0.9, 0.01, nesterov)
+    engine.params[:] = params
+    engine.compute_gradients(x, y)
+    g = engine.grads.copy()
+    engine.params[:] = params
+    engine.iterations = 4
+    engine.velocity[:] = 0.25
+    engine.begin_epoch(len(x), len(x), False, 0, 0)
+    engine.train_steps(x, y, 0)
+    lr = 0.05 / (1 + 0.01 * 4)
+    v = 0.9 * 0.25 - lr * g
+    expected = params + (0.9 * v - lr * g if nesterov else v)
+    assert_close(engine.velocity, v, kind="grad")
+    assert_close(engine.params, expected, kind="grad")
+    assert engine.iterations == 5
