@@ -37,12 +37,16 @@ index_t rows_of(const carray<T>& a, const char* name, index_t cols) {
 }
 
 py::dict sums_to_dict(const EpochSums& s) {
+    static const char* reasons[] = {"", "interrupted", "nonfinite_loss", "nonfinite_weights"};
     py::dict d;
     d["loss"] = s.loss;
     d["metrics"] = s.metrics;
     d["samples"] = s.samples;
     d["steps_done"] = s.steps_done;
     d["steps_total"] = s.steps_total;
+    d["stop"] = reasons[static_cast<int>(s.stop)];
+    d["bad_layer"] = s.bad_layer;
+    d["bad_part"] = s.bad_part;
     return d;
 }
 
@@ -86,6 +90,8 @@ void bind_engine(py::module_& m, const char* name) {
         .def("weight_views", [](py::object self, const std::string& arena) {
             // [kernel, bias] views per layer, into params, grads or velocity.
             E& e = self.cast<E&>();
+            if (arena != "params" && arena != "grads" && arena != "velocity")
+                throw std::invalid_argument("Unknown arena '" + arena + "'. Expected params, grads or velocity.");
             std::vector<T>& a = arena == "params" ? e.params() : arena == "grads" ? e.grads() : e.velocity();
             py::list out;
             for (std::size_t l = 0; l < e.layers().size(); ++l) {
@@ -99,6 +105,12 @@ void bind_engine(py::module_& m, const char* name) {
         .def_property(
             "learning_rate", [](E& e) { return e.sgd().learning_rate; },
             [](E& e, double v) { e.sgd().learning_rate = v; })
+        .def_property(
+            "momentum", [](E& e) { return e.sgd().momentum; }, [](E& e, double v) { e.sgd().momentum = v; })
+        .def_property(
+            "decay", [](E& e) { return e.sgd().decay; }, [](E& e, double v) { e.sgd().decay = v; })
+        .def_property(
+            "nesterov", [](E& e) { return e.sgd().nesterov; }, [](E& e, bool v) { e.sgd().nesterov = v; })
         .def_property_readonly("target_cols", &E::target_cols)
         .def("begin_epoch", [](E& e, index_t n, index_t batch_size, bool shuffle, std::uint64_t seed,
                                std::uint64_t epoch) {
@@ -108,13 +120,26 @@ void bind_engine(py::module_& m, const char* name) {
         .def("train_steps", [](E& e, const carray<T>& x, const carray<T>& y, index_t max_steps) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);
             if (rows_of(y, "y", e.target_cols()) != n)
-                throw std::invalid_argument("x and y must have the same number of rows.");
+                throw std::invalid_argument("x and y must have the same number of rows; received " +
+                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
             EpochSums s;
             {
                 py::gil_scoped_release release;
                 std::lock_guard<std::mutex> lock(e.mutex());
+                // Ctrl-C: Python's handler only sets a flag; polling it needs the GIL, taken for a
+                // moment every few milliseconds. On a signal, the KeyboardInterrupt it raises is
+                // left set and re-raised below, once the step in progress has finished.
+                struct Reset {  // the check must not outlive this call, even when train_steps throws
+                    E& e;
+                    ~Reset() { e.set_interrupt_check(nullptr); }
+                } reset{e};
+                e.set_interrupt_check([] {
+                    py::gil_scoped_acquire acquire;
+                    return PyErr_CheckSignals() != 0;
+                });
                 s = e.train_steps(x.data(), y.data(), n, max_steps);
             }
+            if (s.stop == StopReason::Interrupted && PyErr_Occurred()) throw py::error_already_set();
             return sums_to_dict(s);
         })
         .def("predict", [](E& e, const carray<T>& x, index_t batch_size) {
@@ -131,7 +156,8 @@ void bind_engine(py::module_& m, const char* name) {
         .def("evaluate", [](E& e, const carray<T>& x, const carray<T>& y, index_t batch_size) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);
             if (rows_of(y, "y", e.target_cols()) != n)
-                throw std::invalid_argument("x and y must have the same number of rows.");
+                throw std::invalid_argument("x and y must have the same number of rows; received " +
+                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
             EpochSums s;
             {
                 py::gil_scoped_release release;
@@ -143,7 +169,8 @@ void bind_engine(py::module_& m, const char* name) {
         .def("compute_gradients", [](E& e, const carray<T>& x, const carray<T>& y) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);
             if (rows_of(y, "y", e.target_cols()) != n)
-                throw std::invalid_argument("x and y must have the same number of rows.");
+                throw std::invalid_argument("x and y must have the same number of rows; received " +
+                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
             py::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(e.mutex());
             return e.compute_gradients(x.data(), y.data(), n);

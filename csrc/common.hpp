@@ -20,8 +20,26 @@
 #define FASTMLP_ISA base
 #define FASTMLP_VEC_BYTES 16
 #endif
+// A variant's instruction set is enabled by a target pragma around its own namespace only (not by
+// command-line flags), so that the library templates it instantiates (std::vector, std::string,
+// ...) are compiled for the baseline: the linker keeps one copy of those, and whichever copy it
+// keeps runs on every CPU.
+#define FASTMLP_PRAGMA_(x) _Pragma(#x)
+#define FASTMLP_PRAGMA(x) FASTMLP_PRAGMA_(x)
+#ifdef FASTMLP_ISA_TARGET
+#define FASTMLP_ISA_BEGIN                                  \
+    FASTMLP_PRAGMA(GCC push_options)                       \
+    FASTMLP_PRAGMA(GCC target(FASTMLP_ISA_TARGET))         \
+    namespace fastmlp {                                    \
+    inline namespace FASTMLP_ISA {
+#define FASTMLP_ISA_END \
+    }                   \
+    }                   \
+    FASTMLP_PRAGMA(GCC pop_options)
+#else
 #define FASTMLP_ISA_BEGIN namespace fastmlp { inline namespace FASTMLP_ISA {
 #define FASTMLP_ISA_END } }
+#endif
 
 namespace fastmlp {
 
@@ -48,13 +66,24 @@ struct SGDConfig {
     bool nesterov = false;
 };
 
-// Running sums of one epoch: the loss and metric values summed over samples.
+// Why a run of training steps ended before the steps asked for.
+enum class StopReason {
+    None,
+    Interrupted,        // the interrupt check said stop (Ctrl-C): the last step finished first
+    NonFiniteLoss,      // a batch's loss was NaN or infinite: its update was NOT applied
+    NonFiniteWeights,   // an update made a weight NaN or infinite (the loss was finite)
+};
+
+// Running sums of one epoch: the loss and metric values summed over samples, and how it stopped.
 struct EpochSums {
     double loss = 0;
     std::vector<double> metrics;
     index_t samples = 0;
     index_t steps_done = 0;
     index_t steps_total = 0;
+    StopReason stop = StopReason::None;
+    index_t bad_layer = -1;  // NonFinite*: the first layer whose gradient (or weights) is not finite
+    std::string bad_part;    // "kernel" or "bias" of that layer; empty if only the loss was
 };
 
 Act parse_act(const std::string& name);

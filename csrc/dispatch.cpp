@@ -1,4 +1,6 @@
-// Names, and the choice of the engine's instruction-set variant at run time.
+// The engine's shared state (EngineBase), names, and the choice of the engine's instruction-set
+// variant at run time. Compiled once, with the baseline flags.
+#include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -22,6 +24,57 @@ FASTMLP_DECLARE_VARIANT(avx2)
 #ifdef FASTMLP_HAVE_AVX512
 FASTMLP_DECLARE_VARIANT(avx512)
 #endif
+
+template <typename T>
+EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics,
+                          SGDConfig sgd)
+    : layers_(std::move(layers)), loss_(loss), metrics_(std::move(metrics)), sgd_(sgd) {
+    require(!layers_.empty(), "A model needs at least one layer.");
+    index_t size = 0;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const LayerSpec& s = layers_[l];
+        require(s.in > 0 && s.out > 0, "Layer " + std::to_string(l) + " has a non-positive size: " +
+                                           std::to_string(s.in) + " x " + std::to_string(s.out) + ".");
+        require(s.in <= (index_t(1) << 40) / s.out, "Layer " + std::to_string(l) + " is too large: " +
+                                                      std::to_string(s.in) + " x " + std::to_string(s.out) + " weights.");
+        require(l == 0 || s.in == layers_[l - 1].out,
+                "Layer " + std::to_string(l) + " expects " + std::to_string(s.in) +
+                    " inputs but the previous layer has " + std::to_string(layers_[l - 1].out) + " units.");
+        w_off_.push_back(size);
+        size += s.in * s.out;
+        b_off_.push_back(s.use_bias ? size : -1);
+        if (s.use_bias) size += s.out;
+    }
+    for (MetricKind m : metrics_)
+        require(m != MetricKind::SparseCategoricalAccuracy || loss_ == LossKind::SparseCategoricalCrossentropy,
+                "sparse_categorical_accuracy needs the sparse_categorical_crossentropy loss (integer labels).");
+    params_.assign(size, T(0));
+    grads_.assign(size, T(0));
+    velocity_.assign(size, T(0));
+}
+
+template <typename T>
+void EngineBase<T>::locate_nonfinite(const std::vector<T>& arena, EpochSums& sums) const {
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const index_t n = layers_[l].in * layers_[l].out;
+        for (index_t i = 0; i < n; ++i)
+            if (!std::isfinite(arena[w_off_[l] + i])) {
+                sums.bad_layer = static_cast<index_t>(l);
+                sums.bad_part = "kernel";
+                return;
+            }
+        if (b_off_[l] >= 0)
+            for (index_t i = 0; i < layers_[l].out; ++i)
+                if (!std::isfinite(arena[b_off_[l] + i])) {
+                    sums.bad_layer = static_cast<index_t>(l);
+                    sums.bad_part = "bias";
+                    return;
+                }
+    }
+}
+
+template class EngineBase<float>;
+template class EngineBase<double>;
 
 Act parse_act(const std::string& name) {
     if (name == "linear") return Act::Linear;

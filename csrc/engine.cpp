@@ -1,6 +1,7 @@
 #include "engine.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <string>
 
@@ -167,7 +168,7 @@ void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::ui
     batch_size_ = batch_size;
     sums_ = EpochSums{};
     sums_.metrics.assign(metrics_.size(), 0.0);
-    sums_.steps_total = (n + batch_size - 1) / batch_size;
+    sums_.steps_total = (n - 1) / batch_size + 1;
 }
 
 template <typename T>
@@ -179,18 +180,42 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
     ensure_batch(std::min(batch_size_, n));
     index_t end = sums_.steps_total;
     if (max_steps > 0) end = std::min(end, sums_.steps_done + max_steps);
+    sums_.stop = StopReason::None;
+    std::vector<double> step_metrics(metrics_.size());
+    using clock = std::chrono::steady_clock;
+    auto last_poll = clock::now();
     for (index_t step = sums_.steps_done; step < end; ++step) {
         const index_t start = step * batch_size_;
         const index_t B = std::min(batch_size_, n - start);
         const std::uint32_t* idx = order_.data() + start;
-        const double loss = batch_gradients(X, Y, idx, B, &sums_.metrics);
+        std::fill(step_metrics.begin(), step_metrics.end(), 0.0);
+        const double loss = batch_gradients(X, Y, idx, B, &step_metrics);
+        if (!std::isfinite(loss)) {
+            // TerminateOnNaN, but the weights stay those before this batch.
+            sums_.stop = StopReason::NonFiniteLoss;
+            this->locate_nonfinite(grads_, sums_);
+            break;
+        }
         const T lr = decayed_lr<T>(sgd_.learning_rate, sgd_.decay, iterations_);
-        sgd_update(params_.data(), grads_.data(), velocity_.data(), static_cast<index_t>(params_.size()), lr,
-                   T(sgd_.momentum), sgd_.nesterov);
+        const bool finite = sgd_update(params_.data(), grads_.data(), velocity_.data(),
+                                       static_cast<index_t>(params_.size()), lr, T(sgd_.momentum), sgd_.nesterov);
         ++iterations_;
         sums_.loss += loss;
+        for (std::size_t m = 0; m < step_metrics.size(); ++m) sums_.metrics[m] += step_metrics[m];
         sums_.samples += B;
         sums_.steps_done = step + 1;
+        if (!finite) {
+            sums_.stop = StopReason::NonFiniteWeights;
+            this->locate_nonfinite(params_, sums_);
+            break;
+        }
+        if (this->interrupted_ && step + 1 < end && clock::now() - last_poll >= std::chrono::milliseconds(2)) {
+            last_poll = clock::now();
+            if (this->interrupted_()) {
+                sums_.stop = StopReason::Interrupted;
+                break;
+            }
+        }
     }
     return sums_;
 }
@@ -233,7 +258,7 @@ EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_s
         for (std::size_t m = 0; m < metrics_.size(); ++m) sums.metrics[m] += accuracy_sum(metrics_[m], P, y, yc, B, C);
         sums.samples += B;
     }
-    sums.steps_done = sums.steps_total = (n + batch_size - 1) / batch_size;
+    sums.steps_done = sums.steps_total = (n - 1) / batch_size + 1;
     return sums;
 }
 

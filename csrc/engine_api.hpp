@@ -7,10 +7,13 @@
 // one streaming loop over the arena and a layer's weights are views at fixed offsets.
 //
 // EngineBase holds that state; the compute (engine.hpp) is compiled once per instruction set and
-// chosen at run time (make_engine): every variant computes the same bits.
+// chosen at run time (make_engine): every variant computes the same bits. EngineBase's own code is
+// defined out of line, in the baseline compilation only (dispatch.cpp).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -42,6 +45,10 @@ public:
     // Held by every public operation of the bindings: a model is used by one thread at a time.
     std::mutex& mutex() { return mutex_; }
 
+    // Polled between training steps, at most every few milliseconds: when it returns true the run
+    // of steps ends after the current one (how Ctrl-C reaches a native fit). Empty: never polled.
+    void set_interrupt_check(std::function<bool()> check) { interrupted_ = std::move(check); }
+
     virtual const char* isa() const = 0;
 
     // Training. begin_epoch fixes the epoch's sample order (a seeded shuffle, or 0..n-1) and
@@ -64,32 +71,12 @@ protected:
     std::vector<T> params_, grads_, velocity_;
     std::vector<index_t> w_off_, b_off_;
     std::mutex mutex_;
-};
+    std::function<bool()> interrupted_;
 
-template <typename T>
-EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics,
-                          SGDConfig sgd)
-    : layers_(std::move(layers)), loss_(loss), metrics_(std::move(metrics)), sgd_(sgd) {
-    require(!layers_.empty(), "A model needs at least one layer.");
-    index_t size = 0;
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-        const LayerSpec& s = layers_[l];
-        require(s.in > 0 && s.out > 0, "Layer " + std::to_string(l) + " has a non-positive size.");
-        require(l == 0 || s.in == layers_[l - 1].out,
-                "Layer " + std::to_string(l) + " expects " + std::to_string(s.in) +
-                    " inputs but the previous layer has " + std::to_string(layers_[l - 1].out) + " units.");
-        w_off_.push_back(size);
-        size += s.in * s.out;
-        b_off_.push_back(s.use_bias ? size : -1);
-        if (s.use_bias) size += s.out;
-    }
-    for (MetricKind m : metrics_)
-        require(m != MetricKind::SparseCategoricalAccuracy || loss_ == LossKind::SparseCategoricalCrossentropy,
-                "sparse_categorical_accuracy needs the sparse_categorical_crossentropy loss (integer labels).");
-    params_.assign(size, T(0));
-    grads_.assign(size, T(0));
-    velocity_.assign(size, T(0));
-}
+    // The first layer with a NaN or infinite value in `arena` (params_ or grads_): writes the
+    // layer index and "kernel"/"bias" into sums; leaves them unset when every value is finite.
+    void locate_nonfinite(const std::vector<T>& arena, EpochSums& sums) const;
+};
 
 // The instruction sets this build has variants for, best first, and the one the CPU can run.
 std::vector<std::string> built_isas();

@@ -30,7 +30,8 @@ inline std::int32_t float_to_bits(float f) {
 // exp(x): exact 0 below -87.33 (results under FLT_MIN flush to zero), +inf above 88.72, NaN kept.
 inline float exp_fast(float x) {
     const float lo = -87.3365447505531f, hi = 88.7228391116729f;
-    float xc = x < lo ? lo : (x > hi ? hi : x);
+    // Written so that NaN selects lo (no NaN reaches the int conversion); it is put back at the end.
+    float xc = x > lo ? (x < hi ? x : hi) : lo;
     // n = round(x / ln 2), capped at 127 so that 2^n is a normal float.
     const float t = xc * 1.44269504088896341f;
     std::int32_t n = static_cast<std::int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f));
@@ -51,7 +52,8 @@ inline float exp_fast(float x) {
 }
 
 // log(x) for positive, normal x (the losses only take logs of probabilities clipped to
-// [1e-7, 1 - 1e-7]); other inputs are outside the contract.
+// [1e-7, 1 - 1e-7]), and NaN for NaN, so that a diverged network's loss reads as NaN; other
+// inputs are outside the contract.
 inline float log_fast(float x) {
     const std::int32_t bits = float_to_bits(x);
     float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
@@ -72,7 +74,8 @@ inline float log_fast(float x) {
     float y = (p * m) * z;
     y = y + e * -2.12194440e-4f;
     y = y - 0.5f * z;
-    return (m + y) + e * 0.693359375f;
+    const float out = (m + y) + e * 0.693359375f;
+    return x != x ? x : out;
 }
 
 inline float vexp(float x) { return exp_fast(x); }

@@ -1,5 +1,9 @@
 """Instruction-set variants of the native engine: every variant this CPU runs gives the same bits."""
 
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -73,3 +77,41 @@ def test_environment_variable_pins_the_isa(monkeypatch):
     monkeypatch.setenv("FASTMLP_ISA", "bogus")
     with pytest.raises(ValueError, match="FASTMLP_ISA"):
         fastmlp.backend.get_isa()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_each_built_variant_is_exercised_or_reported(isa):
+    if isa not in _core.built_isas():
+        pytest.skip(f"this build has no {isa} variant")
+    if isa not in _core.supported_isas():
+        pytest.skip(f"this CPU cannot run the {isa} variant: its bit-equality is unchecked here")
+    assert isa in fastmlp.cpu_info()["supported"]
+
+
+def _functions_with_vex_code(path):
+    """Demangled names of the functions in `path` that contain VEX/EVEX (AVX) instructions."""
+    out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", path], capture_output=True, text=True,
+                         check=True).stdout
+    found, name = set(), None
+    for line in out.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if header:
+            name = header.group(1)
+            continue
+        parts = line.split("\t")
+        if name and len(parts) >= 2 and (parts[1].startswith("v") or "%ymm" in line or "%zmm" in line):
+            found.add(name)
+    return found
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+def test_avx_code_lives_only_in_the_avx_variants():
+    # The variants are separate compilations of the same sources; the linker keeps one copy of each
+    # shared inline function. This checks that no AVX instruction is reachable outside the variant
+    # namespaces, where a CPU without AVX would fault.
+    if "avx2" not in _core.built_isas():
+        pytest.skip("no AVX variant in this build")
+    functions = _functions_with_vex_code(_core.__file__)
+    assert functions, "no symbols: is the extension stripped? (pyproject: install.strip = false)"
+    stray = sorted(f for f in functions if "fastmlp::avx2::" not in f and "fastmlp::avx512::" not in f)
+    assert not stray, stray[:10]

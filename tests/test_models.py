@@ -700,3 +700,42 @@ def test_compile_with_optimizer_name(start_weights):
     assert h1.history == h2.history
     assert_weights_equal(by_name.get_weights(), by_instance.get_weights())
     assert not np.array_equal(by_name.get_weights()[0], start_weights[0])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_optimizer_settings_changed_after_compile_take_effect(backend):
+    model = seed_model(backend=backend)
+    x, y = xor_data(40)
+    model.optimizer.learning_rate = 0.0
+    model.optimizer.momentum = 0.0
+    before = model.get_weights()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), before):
+        assert np.array_equal(a, b)
+    model.optimizer.learning_rate = 0.1
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert not np.array_equal(model.get_weights()[0], before[0])
+    with pytest.raises(ValueError, match="momentum"):
+        model.optimizer.momentum = 2.0
+
+
+def test_a_batch_size_beyond_the_data_is_one_batch():
+    x, y = xor_data(30)
+    weights = []
+    for batch_size in (30, 2**62):
+        fastmlp.utils.set_random_seed(5)
+        model = seed_model()
+        model.fit(x, y, epochs=2, batch_size=batch_size, verbose=0)
+        assert model.optimizer.iterations == 2
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        assert np.array_equal(a, b)
+
+
+def test_a_layer_cannot_join_a_second_model():
+    shared = Dense(4, activation="relu", input_dim=2)
+    first = Sequential([shared, Dense(2, activation="softmax")])
+    with pytest.raises(ValueError, match=f"already belongs to model '{first.name}'"):
+        Sequential([shared])
+    del first  # once its model is gone, the layer may join another
+    assert Sequential([shared]).layers == [shared]

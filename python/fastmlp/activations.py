@@ -40,6 +40,3 @@ def get(identifier):
         f"{', '.join(ALL)}, or a function from fastmlp.activations. Received: activation={identifier!r}"
     )
 
-
-def serialize(name):
-    return name

@@ -9,6 +9,7 @@ is shown); Python handles History, progress and callbacks between epochs.
 
 import numbers
 import time
+import weakref
 
 import numpy as np
 
@@ -28,6 +29,11 @@ def _int_arg(value, name, minimum):
         kind = "a positive integer" if minimum == 1 else "a non-negative integer"
         raise ValueError(f"Expected `{name}` to be {kind}. Received: {name}={value!r}")
     return int(value)
+
+
+def _steps(n, batch_size):
+    """Batches per epoch: the last partial batch is kept."""
+    return -(-n // batch_size)
 
 
 def _as_numeric_array(data, name):
@@ -87,6 +93,14 @@ class Sequential:
             )
         if any(existing is layer for existing in self._layers):
             raise ValueError(f"Layer {layer.name!r} is already in this model.")
+        owner = layer._owner() if layer._owner is not None else None
+        if owner is not None and owner is not self:
+            raise ValueError(
+                f"Layer {layer.name!r} already belongs to model {owner.name!r}: a fastmlp model keeps its weights "
+                "in one arena of its own, so layers cannot be shared. Create a new Dense layer and copy the "
+                "weights with set_weights(other.get_weights()) if you need the same values."
+            )
+        layer._owner = weakref.ref(self)
         if self._layers and layer.input_dim is not None and layer.input_dim != self._layers[-1].units:
             raise ValueError(
                 f"Layer {layer.name!r} declares input_dim={layer.input_dim} but the previous layer has "
@@ -162,11 +176,13 @@ class Sequential:
     def compiled(self):
         return self._compile_args is not None
 
+    def _specs(self):
+        return [(layer.input_dim, layer.units, layer.activation, layer.use_bias) for layer in self._layers]
+
     def _make_engine(self):
         args = self._compile_args
-        specs = [(layer.input_dim, layer.units, layer.activation, layer.use_bias) for layer in self._layers]
-        opt = self.optimizer
-        cfg = (opt.learning_rate, opt.momentum, opt.decay, opt.nesterov)
+        specs = self._specs()
+        cfg = self.optimizer._engine_config()
         if args["backend"] == "cpu":
             cls = _core.Engine64 if args["dtype"] == "float64" else _core.Engine32
             engine = cls(specs, self.loss, args["kinds"], *cfg, _backend.get_isa())
@@ -182,7 +198,7 @@ class Sequential:
                 views[i][...] = layer.bias
                 layer.bias = views[i]
                 i += 1
-        opt._attach(engine)
+        self.optimizer._attach(engine)
         self._engine = engine
 
     def _ready_engine(self, x):
@@ -256,12 +272,20 @@ class Sequential:
     # ---- training and inference ----
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0):
+            validation_data=None, shuffle=True, initial_epoch=0, on_nonfinite="stop"):
         """Train for `epochs` epochs; returns a ``History`` (``.history``, ``.epoch``).
 
         The epoch loss (and each metric) is the batch-size-weighted mean of the per-batch values,
         computed with the weights at each step; the last partial batch is kept.
+
+        A batch whose loss is NaN or infinite ends training as Keras's ``TerminateOnNaN`` does, with
+        a message naming the first layer whose gradient is not finite; that batch's update is not
+        applied, so the weights stay finite. ``on_nonfinite='raise'`` raises ``FloatingPointError``
+        instead. Ctrl-C stops within a few milliseconds, after the batch in progress, and raises
+        ``KeyboardInterrupt``; ``model.history`` then holds the completed epochs.
         """
+        if on_nonfinite not in ("stop", "raise"):
+            raise ValueError(f"Expected `on_nonfinite` to be 'stop' or 'raise'. Received: on_nonfinite={on_nonfinite!r}")
         batch_size = self._batch_size(batch_size)
         epochs = _int_arg(epochs, "epochs", 0)
         initial_epoch = _int_arg(initial_epoch, "initial_epoch", 0)
@@ -295,7 +319,7 @@ class Sequential:
         history = _callbacks.History()
         progbar = _callbacks.ProgbarLogger(verbose) if verbose else None
         cbs = ([progbar] if progbar else []) + list(callbacks or []) + [history]
-        steps = -(-len(x) // batch_size)
+        steps = _steps(len(x), batch_size)
         for cb in cbs:
             if not isinstance(cb, _callbacks.Callback):
                 raise TypeError(f"Expected callbacks to be fastmlp.callbacks.Callback instances. Received: {cb!r}")
@@ -303,6 +327,7 @@ class Sequential:
             cb.set_params({"epochs": epochs, "steps": steps, "verbose": verbose})
         seed = _utils.next_seed()
         self.stop_training = False
+        self.history = history
         for cb in cbs:
             cb.on_train_begin()
         slice_steps = 1
@@ -319,9 +344,17 @@ class Sequential:
                     progbar.update(sums["steps_done"], sums["steps_total"], self._logs(sums))
                 else:
                     sums = engine.train_steps(x, y, 0)
-                if sums["steps_done"] >= sums["steps_total"]:
+                if sums["stop"] or sums["steps_done"] >= sums["steps_total"]:
                     break
             logs = self._logs(sums)
+            if sums["stop"]:
+                message = self._nonfinite_message(sums, epoch)
+                if on_nonfinite == "raise":
+                    raise FloatingPointError(message)
+                print(message)
+                if sums["stop"] == "nonfinite_loss":
+                    logs["loss"] = float("nan")  # the epoch's loss is NaN, as Keras logs it
+                self.stop_training = True
             if val is not None:
                 logs.update(self._logs(engine.evaluate(val[0], val[1], batch_size), prefix="val_"))
             logs = {k: float(v) for k, v in logs.items()}
@@ -334,6 +367,20 @@ class Sequential:
         self.history = history
         return history
 
+    def _nonfinite_message(self, sums, epoch):
+        step = sums["steps_done"] + 1
+        if sums["stop"] == "nonfinite_loss":
+            what = "the loss"
+            if sums["bad_layer"] >= 0:
+                layer = self._layers[sums["bad_layer"]].name
+                what += f" (the first non-finite gradient is layer {layer!r}'s {sums['bad_part']})"
+            return (f"Epoch {epoch + 1}, batch {step}: {what} is NaN or infinite; training stopped and that batch's "
+                    "update was not applied. Lower the learning rate, scale the inputs, or check the data for "
+                    "extreme values.")
+        layer = self._layers[sums["bad_layer"]].name
+        return (f"Epoch {epoch + 1}, batch {step - 1}: the update made layer {layer!r}'s {sums['bad_part']} NaN or "
+                "infinite (the loss was finite); training stopped. Lower the learning rate.")
+
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False):
         """Loss (and metrics) on the given data: a scalar, ``[loss, *metrics]``, or a dict."""
         batch_size = self._batch_size(batch_size)
@@ -345,7 +392,7 @@ class Sequential:
         t0 = time.perf_counter()
         logs = {k: float(v) for k, v in self._logs(engine.evaluate(x, y, batch_size)).items()}
         if verbose in ("auto", 1, 2):
-            steps = -(-len(x) // batch_size)
+            steps = _steps(len(x), batch_size)
             elapsed = time.perf_counter() - t0
             print(
                 f"{steps}/{steps} - {_callbacks._format_time(elapsed)} "
@@ -367,16 +414,15 @@ class Sequential:
                 self._make_engine()
             else:
                 # Not compiled: run the forward pass on a throwaway inference engine.
-                specs = [(layer.input_dim, layer.units, layer.activation, layer.use_bias) for layer in self._layers]
                 cls = _core.Engine64 if x.dtype == np.float64 else _core.Engine32
-                engine = cls(specs, "mean_squared_error", [], 0.0, 0.0, 0.0, False)
+                engine = cls(self._specs(), "mean_squared_error", [], 0.0, 0.0, 0.0, False, _backend.get_isa())
                 for view, w in zip(engine.weight_views("params"), self.get_weights()):
                     view[...] = w
                 return engine.predict(x, batch_size)
         t0 = time.perf_counter()
         out = self._engine.predict(x, batch_size)
         if verbose:
-            steps = -(-len(x) // batch_size)
+            steps = _steps(len(x), batch_size)
             elapsed = time.perf_counter() - t0
             print(f"{steps}/{steps} - {_callbacks._format_time(elapsed)} {_callbacks._format_time(elapsed / steps)}/step")
         return out
@@ -402,25 +448,14 @@ class Sequential:
                 f"The model has {len(current)} weight arrays (kernel and bias per Dense layer); "
                 f"received a list of {len(weights)}."
             )
-        start = 0
-        checked = []
+        checked, start = [], 0
         for layer in self._layers:
             k = len(layer.weights)
-            checked.append((layer, weights[start : start + k]))
+            checked.append((layer, layer.check_weights(weights[start : start + k])))
             start += k
         for layer, ws in checked:
             for target, value in zip(layer.weights, ws):
-                value = np.asarray(value)
-                if value.shape != target.shape:
-                    raise ValueError(
-                        f"Layer {layer.name!r} expects a weight of shape {target.shape}; received shape {value.shape}."
-                    )
-                if value.dtype.kind not in "biuf":
-                    raise TypeError(f"Weights must be real numbers; received dtype {value.dtype} for {layer.name!r}.")
-                if not np.all(np.isfinite(value)):
-                    raise ValueError(f"Weights for layer {layer.name!r} contain NaN or infinity.")
-        for layer, ws in checked:
-            layer.set_weights(ws)
+                target[...] = value
 
     def count_params(self):
         return int(sum(np.prod(w.shape) for w in self.weights))

@@ -9,14 +9,49 @@ def _non_negative(value, name):
     return float(value)
 
 
+class _Hyperparameter:
+    """An optimizer setting that writes through to the engine of the compiled model, so that a
+    change between epochs (a schedule, a callback) takes effect at the next batch, as in Keras."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj, value):
+        value = self.check(value, self.name)
+        obj.__dict__[self.name] = value
+        if obj.__dict__.get("_engine") is not None:
+            setattr(obj._engine, self.name, value)
+
+
+def _momentum(value, name):
+    value = _non_negative(value, name)
+    if value > 1:
+        raise ValueError(f"Expected `{name}` to be a float between [0, 1]. Received: {name}={value!r}")
+    return value
+
+
+def _flag(value, name):
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected `{name}` to be True or False. Received: {name}={value!r}")
+    return value
+
+
 class Optimizer:
     """Base class. ``iterations`` counts the updates applied, across ``fit`` calls."""
 
+    learning_rate = _Hyperparameter(_non_negative)
+
     def __init__(self, learning_rate, name):
-        self.learning_rate = _non_negative(learning_rate, "learning_rate")
+        self._engine = None
+        self.learning_rate = learning_rate
         self.name = name
         self._iterations = 0
-        self._engine = None
 
     @property
     def iterations(self):
@@ -27,6 +62,10 @@ class Optimizer:
             self._iterations = self._engine.iterations
         self._engine = engine
         engine.iterations = self._iterations
+
+    def _engine_config(self):
+        """The settings the engine is built with: (learning_rate, momentum, decay, nesterov)."""
+        raise NotImplementedError
 
 
 class SGD(Optimizer):
@@ -42,20 +81,22 @@ class SGD(Optimizer):
         decay: float >= 0, Keras 2 inverse time decay per update.
     """
 
+    momentum = _Hyperparameter(_momentum)
+    nesterov = _Hyperparameter(_flag)
+    decay = _Hyperparameter(_non_negative)
+
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, decay=0.0, name="SGD", lr=None, **kwargs):
         if kwargs:
             raise TypeError(f"SGD got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
         if lr is not None:
             learning_rate = lr
         super().__init__(learning_rate, name)
-        momentum = _non_negative(momentum, "momentum")
-        if momentum > 1:
-            raise ValueError(f"Expected `momentum` to be a float between [0, 1]. Received: momentum={momentum!r}")
         self.momentum = momentum
-        if not isinstance(nesterov, bool):
-            raise TypeError(f"Expected `nesterov` to be True or False. Received: nesterov={nesterov!r}")
         self.nesterov = nesterov
-        self.decay = _non_negative(decay, "decay")
+        self.decay = decay
+
+    def _engine_config(self):
+        return (self.learning_rate, self.momentum, self.decay, self.nesterov)
 
     def get_config(self):
         return {

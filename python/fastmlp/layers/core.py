@@ -38,6 +38,7 @@ class Layer:
         self.name = name or _auto_name(self._name_prefix)
         self.built = False
         self.input_dim = None
+        self._owner = None  # weak reference to the model this layer was added to
 
     _name_prefix = "layer"
 
@@ -126,24 +127,31 @@ class Dense(Layer):
     def get_weights(self):
         return [np.array(w) for w in self.weights]
 
-    def set_weights(self, weights):
+    def check_weights(self, weights):
+        """`weights` as arrays after checking them against this layer's: count, shapes, real and finite."""
         expected = self.weights
+        weights = list(weights)
         if len(weights) != len(expected):
             raise ValueError(
                 f"Layer {self.name!r} expects {len(expected)} weight arrays (kernel"
                 f"{' and bias' if self.use_bias else ''}); received {len(weights)}."
             )
+        out = []
         for target, value, what in zip(expected, weights, ("kernel", "bias")):
             value = np.asarray(value)
             if value.shape != target.shape:
                 raise ValueError(
                     f"Layer {self.name!r} {what} has shape {target.shape}; received an array of shape {value.shape}."
                 )
-            if not np.issubdtype(value.dtype, np.number) or np.iscomplexobj(value):
+            if value.dtype.kind not in "biuf":
                 raise TypeError(f"Layer {self.name!r} {what} must be real numbers; received dtype {value.dtype}.")
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"Layer {self.name!r} {what} contains NaN or infinity.")
-        for target, value in zip(expected, weights):
+            out.append(value)
+        return out
+
+    def set_weights(self, weights):
+        for target, value in zip(self.weights, self.check_weights(weights)):
             target[...] = value
 
     def get_config(self):

@@ -94,6 +94,9 @@ class ReferenceEngine:
                 "samples": 0,
                 "steps_done": 0,
                 "steps_total": -(-n // batch_size),
+                "stop": "",
+                "bad_layer": -1,
+                "bad_part": "",
             },
         }
 
@@ -104,16 +107,39 @@ class ReferenceEngine:
         s = ep["sums"]
         bs = ep["batch_size"]
         end = s["steps_total"] if max_steps <= 0 else min(s["steps_total"], s["steps_done"] + max_steps)
+        s["stop"] = ""
         for step in range(s["steps_done"], end):
             idx = ep["order"][step * bs : (step + 1) * bs]
-            loss = self._forward_backward(x[idx], y[idx], s["metrics"])
+            step_metrics = [0.0] * len(self.metrics)
+            with np.errstate(all="ignore"):
+                loss = self._forward_backward(x[idx], y[idx], step_metrics)
+            if not np.isfinite(loss):
+                s["stop"] = "nonfinite_loss"
+                s["bad_layer"], s["bad_part"] = self._first_nonfinite(self.weight_views("grads"))
+                break
             lr = K.decayed_lr(self.learning_rate, self.decay, self.iterations, self.dtype.type)
-            K.sgd_update(self.params, self.grads, self.velocity, lr, self.momentum, self.nesterov)
+            with np.errstate(all="ignore"):
+                K.sgd_update(self.params, self.grads, self.velocity, lr, self.momentum, self.nesterov)
             self.iterations += 1
             s["loss"] += loss
+            s["metrics"] = [a + b for a, b in zip(s["metrics"], step_metrics)]
             s["samples"] += len(idx)
             s["steps_done"] = step + 1
+            if not np.all(np.isfinite(self.params)):
+                s["stop"] = "nonfinite_weights"
+                s["bad_layer"], s["bad_part"] = self._first_nonfinite(self.weight_views("params"))
+                break
         return dict(s, metrics=list(s["metrics"]))
+
+    def _first_nonfinite(self, views):
+        i = 0
+        for layer, (_n_in, _n_out, _act, use_bias) in enumerate(self.layers):
+            parts = ["kernel"] + (["bias"] if use_bias else [])
+            for part in parts:
+                if not np.all(np.isfinite(views[i])):
+                    return layer, part
+                i += 1
+        return -1, ""
 
     def predict(self, x, batch_size=32):
         x = np.ascontiguousarray(x, self.dtype)
