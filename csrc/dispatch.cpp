@@ -37,9 +37,10 @@ EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vec
                                            std::to_string(s.in) + " x " + std::to_string(s.out) + ".");
         require(s.in <= (index_t(1) << 40) / s.out, "Layer " + std::to_string(l) + " is too large: " +
                                                       std::to_string(s.in) + " x " + std::to_string(s.out) + " weights.");
-        require(l == 0 || s.in == layers_[l - 1].out,
-                "Layer " + std::to_string(l) + " expects " + std::to_string(s.in) +
-                    " inputs but the previous layer has " + std::to_string(layers_[l - 1].out) + " units.");
+        if (l > 0)  // (the message reads layers_[l - 1]: it must not be built for l == 0)
+            require(s.in == layers_[l - 1].out,
+                    "Layer " + std::to_string(l) + " expects " + std::to_string(s.in) +
+                        " inputs but the previous layer has " + std::to_string(layers_[l - 1].out) + " units.");
         w_off_.push_back(size);
         size += s.in * s.out;
         b_off_.push_back(s.use_bias ? size : -1);
