@@ -36,6 +36,34 @@ index_t rows_of(const carray<T>& a, const char* name, index_t cols) {
     return a.shape(0);
 }
 
+void set_option(OptimizerConfig& c, const std::string& name, py::handle value) {
+    if (name == "kind") {
+        const auto kind = value.cast<std::string>();
+        if (kind == "sgd") c.kind = OptKind::SGD;
+        else if (kind == "adam") c.kind = OptKind::Adam;
+        else if (kind == "rmsprop") c.kind = OptKind::RMSprop;
+        else if (kind == "adagrad") c.kind = OptKind::Adagrad;
+        else throw std::invalid_argument("Unknown optimizer kind '" + kind + "'. Expected sgd, adam, rmsprop or adagrad.");
+        return;
+    }
+    if (name == "nesterov") {
+        c.nesterov = value.cast<bool>();
+        return;
+    }
+    double* field = name == "learning_rate"         ? &c.learning_rate
+                    : name == "decay"               ? &c.decay
+                    : name == "momentum"            ? &c.momentum
+                    : name == "beta_1"              ? &c.beta_1
+                    : name == "beta_2"              ? &c.beta_2
+                    : name == "epsilon"             ? &c.epsilon
+                    : name == "rho"                 ? &c.rho
+                    : name == "weight_decay"        ? &c.weight_decay
+                    : name == "initial_accumulator" ? &c.initial_accumulator
+                                                    : nullptr;
+    if (!field) throw std::invalid_argument("Unknown optimizer setting '" + name + "'.");
+    *field = value.cast<double>();
+}
+
 py::dict sums_to_dict(const EpochSums& s) {
     static const char* reasons[] = {"", "interrupted", "nonfinite_loss", "nonfinite_weights"};
     py::dict d;
@@ -63,17 +91,19 @@ void bind_engine(py::module_& m, const char* name) {
     using E = EngineBase<T>;
     py::class_<E>(m, name)
         .def(py::init([](const std::vector<std::tuple<index_t, index_t, std::string, bool>>& specs,
-                         const std::string& loss, const std::vector<std::string>& metrics, double lr,
-                         double momentum, double decay, bool nesterov, const std::string& isa) {
+                         const std::string& loss, const std::vector<std::string>& metrics, const py::dict& optimizer,
+                         const std::string& isa) {
                  std::vector<LayerSpec> layers;
                  for (const auto& [in, out, act, bias] : specs) layers.push_back({in, out, parse_act(act), bias});
                  std::vector<MetricKind> ms;
                  for (const auto& s : metrics) ms.push_back(parse_metric(s));
-                 return make_engine<T>(isa, std::move(layers), parse_loss(loss), std::move(ms),
-                                       SGDConfig{lr, momentum, decay, nesterov});
+                 OptimizerConfig c;
+                 for (const auto& item : optimizer) set_option(c, py::str(item.first), item.second);
+                 return make_engine<T>(isa, std::move(layers), parse_loss(loss), std::move(ms), c);
              }),
-             py::arg("layers"), py::arg("loss"), py::arg("metrics"), py::arg("learning_rate"), py::arg("momentum"),
-             py::arg("decay"), py::arg("nesterov"), py::arg("isa") = "")
+             py::arg("layers"), py::arg("loss"), py::arg("metrics"), py::arg("optimizer"), py::arg("isa") = "",
+             "optimizer: a dict of OptimizerConfig fields (csrc/common.hpp), 'kind' one of sgd, adam, rmsprop, "
+             "adagrad.")
         .def_property_readonly("isa", &E::isa)
         .def_property_readonly("params", [](py::object self) {
             E& e = self.cast<E&>();
@@ -87,12 +117,19 @@ void bind_engine(py::module_& m, const char* name) {
             E& e = self.cast<E&>();
             return arena_view(e.velocity(), 0, {static_cast<index_t>(e.velocity().size())}, self);
         })
+        .def_property_readonly("second", [](py::object self) {
+            E& e = self.cast<E&>();
+            return arena_view(e.second(), 0, {static_cast<index_t>(e.second().size())}, self);
+        })
         .def("weight_views", [](py::object self, const std::string& arena) {
             // [kernel, bias] views per layer, into params, grads or velocity.
             E& e = self.cast<E&>();
-            if (arena != "params" && arena != "grads" && arena != "velocity")
-                throw std::invalid_argument("Unknown arena '" + arena + "'. Expected params, grads or velocity.");
-            std::vector<T>& a = arena == "params" ? e.params() : arena == "grads" ? e.grads() : e.velocity();
+            if (arena != "params" && arena != "grads" && arena != "velocity" && arena != "second")
+                throw std::invalid_argument("Unknown arena '" + arena + "'. Expected params, grads, velocity or second.");
+            std::vector<T>& a = arena == "params" ? e.params() : arena == "grads" ? e.grads()
+                                : arena == "velocity"                           ? e.velocity()
+                                                                                : e.second();
+            if (a.empty()) return py::list();  // this optimizer keeps no such state
             py::list out;
             for (std::size_t l = 0; l < e.layers().size(); ++l) {
                 const LayerSpec& s = e.layers()[l];
@@ -102,15 +139,8 @@ void bind_engine(py::module_& m, const char* name) {
             return out;
         })
         .def_property("iterations", &E::iterations, &E::set_iterations)
-        .def_property(
-            "learning_rate", [](E& e) { return e.sgd().learning_rate; },
-            [](E& e, double v) { e.sgd().learning_rate = v; })
-        .def_property(
-            "momentum", [](E& e) { return e.sgd().momentum; }, [](E& e, double v) { e.sgd().momentum = v; })
-        .def_property(
-            "decay", [](E& e) { return e.sgd().decay; }, [](E& e, double v) { e.sgd().decay = v; })
-        .def_property(
-            "nesterov", [](E& e) { return e.sgd().nesterov; }, [](E& e, bool v) { e.sgd().nesterov = v; })
+        .def("set_option", [](E& e, const std::string& name, py::handle value) { set_option(e.opt(), name, value); },
+             "Change one optimizer setting; it applies from the next update.")
         .def_property_readonly("target_cols", &E::target_cols)
         .def("begin_epoch", [](E& e, index_t n, index_t batch_size, bool shuffle, std::uint64_t seed,
                                std::uint64_t epoch) {

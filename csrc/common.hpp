@@ -59,11 +59,22 @@ struct LayerSpec {
     bool use_bias = true;
 };
 
-struct SGDConfig {
+enum class OptKind { SGD, Adam, RMSprop, Adagrad };
+
+// The optimizer and its Keras 3 hyperparameters (each kind reads its own; optim.hpp has the rules).
+// decay is Keras 2's inverse time decay of the learning rate, per update, for every kind.
+struct OptimizerConfig {
+    OptKind kind = OptKind::SGD;
     double learning_rate = 0.01;
-    double momentum = 0.0;
     double decay = 0.0;
-    bool nesterov = false;
+    double momentum = 0.0;      // SGD, RMSprop
+    bool nesterov = false;      // SGD
+    double beta_1 = 0.9;        // Adam
+    double beta_2 = 0.999;      // Adam
+    double epsilon = 1e-7;      // Adam, RMSprop, Adagrad
+    double rho = 0.9;           // RMSprop
+    double weight_decay = 0.0;  // decoupled (AdamW and any kind): w -= w * weight_decay * lr_t first
+    double initial_accumulator = 0.1;  // Adagrad
 };
 
 // Why a run of training steps ended before the steps asked for.

@@ -15,7 +15,7 @@ namespace fastmlp {
     namespace NS {                                                                                           \
     template <typename T>                                                                                    \
     std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec>, LossKind, std::vector<MetricKind>, \
-                                                 SGDConfig);                                                 \
+                                                 OptimizerConfig);                                                 \
     }
 FASTMLP_DECLARE_VARIANT(base)
 #ifdef FASTMLP_HAVE_AVX2
@@ -27,8 +27,8 @@ FASTMLP_DECLARE_VARIANT(avx512)
 
 template <typename T>
 EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics,
-                          SGDConfig sgd)
-    : layers_(std::move(layers)), loss_(loss), metrics_(std::move(metrics)), sgd_(sgd) {
+                          OptimizerConfig opt)
+    : layers_(std::move(layers)), loss_(loss), metrics_(std::move(metrics)), opt_(opt) {
     require(!layers_.empty(), "A model needs at least one layer.");
     index_t size = 0;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -51,7 +51,8 @@ EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vec
                 "sparse_categorical_accuracy needs the sparse_categorical_crossentropy loss (integer labels).");
     params_.assign(size, T(0));
     grads_.assign(size, T(0));
-    velocity_.assign(size, T(0));
+    velocity_.assign(size, T(opt_.kind == OptKind::Adagrad ? opt_.initial_accumulator : 0.0));
+    second_.assign(opt_.kind == OptKind::Adam || opt_.kind == OptKind::RMSprop ? size : 0, T(0));
 }
 
 template <typename T>
@@ -139,7 +140,7 @@ std::vector<std::string> supported_isas() {
 
 template <typename T>
 std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<LayerSpec> layers, LossKind loss,
-                                           std::vector<MetricKind> metrics, SGDConfig sgd) {
+                                           std::vector<MetricKind> metrics, OptimizerConfig opt) {
     const std::vector<std::string> ok = supported_isas();
     const std::string pick = isa.empty() ? ok.front() : isa;
     bool found = false;
@@ -151,17 +152,17 @@ std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<L
                                     "Expected one of: " + list + ".");
     }
 #ifdef FASTMLP_HAVE_AVX512
-    if (pick == "avx512") return avx512::create_engine<T>(std::move(layers), loss, std::move(metrics), sgd);
+    if (pick == "avx512") return avx512::create_engine<T>(std::move(layers), loss, std::move(metrics), opt);
 #endif
 #ifdef FASTMLP_HAVE_AVX2
-    if (pick == "avx2") return avx2::create_engine<T>(std::move(layers), loss, std::move(metrics), sgd);
+    if (pick == "avx2") return avx2::create_engine<T>(std::move(layers), loss, std::move(metrics), opt);
 #endif
-    return base::create_engine<T>(std::move(layers), loss, std::move(metrics), sgd);
+    return base::create_engine<T>(std::move(layers), loss, std::move(metrics), opt);
 }
 
 template std::unique_ptr<EngineBase<float>> make_engine<float>(const std::string&, std::vector<LayerSpec>, LossKind,
-                                                               std::vector<MetricKind>, SGDConfig);
+                                                               std::vector<MetricKind>, OptimizerConfig);
 template std::unique_ptr<EngineBase<double>> make_engine<double>(const std::string&, std::vector<LayerSpec>,
-                                                                 LossKind, std::vector<MetricKind>, SGDConfig);
+                                                                 LossKind, std::vector<MetricKind>, OptimizerConfig);
 
 }  // namespace fastmlp

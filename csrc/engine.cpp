@@ -13,8 +13,8 @@
 FASTMLP_ISA_BEGIN
 
 template <typename T>
-Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, SGDConfig sgd)
-    : EngineBase<T>(std::move(layers), loss, std::move(metrics), sgd) {
+Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, OptimizerConfig opt)
+    : EngineBase<T>(std::move(layers), loss, std::move(metrics), opt) {
     index_t widest = layers_[0].in;
     for (const LayerSpec& s : layers_) widest = std::max(widest, s.out);
     narrow_ = widest <= kNarrowWidth;
@@ -196,9 +196,8 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
             this->locate_nonfinite(grads_, sums_);
             break;
         }
-        const T lr = decayed_lr<T>(sgd_.learning_rate, sgd_.decay, iterations_);
-        const bool finite = sgd_update(params_.data(), grads_.data(), velocity_.data(),
-                                       static_cast<index_t>(params_.size()), lr, T(sgd_.momentum), sgd_.nesterov);
+        const bool finite = optimizer_step(opt_, params_.data(), grads_.data(), velocity_.data(), second_.data(),
+                                           static_cast<index_t>(params_.size()), iterations_);
         ++iterations_;
         sums_.loss += loss;
         for (std::size_t m = 0; m < step_metrics.size(); ++m) sums_.metrics[m] += step_metrics[m];
@@ -275,13 +274,13 @@ double Engine<T>::compute_gradients(const T* X, const T* Y, index_t n) {
 
 template <typename T>
 std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec> layers, LossKind loss,
-                                             std::vector<MetricKind> metrics, SGDConfig sgd) {
-    return std::make_unique<Engine<T>>(std::move(layers), loss, std::move(metrics), sgd);
+                                             std::vector<MetricKind> metrics, OptimizerConfig opt) {
+    return std::make_unique<Engine<T>>(std::move(layers), loss, std::move(metrics), opt);
 }
 
 template std::unique_ptr<EngineBase<float>> create_engine<float>(std::vector<LayerSpec>, LossKind,
-                                                                 std::vector<MetricKind>, SGDConfig);
+                                                                 std::vector<MetricKind>, OptimizerConfig);
 template std::unique_ptr<EngineBase<double>> create_engine<double>(std::vector<LayerSpec>, LossKind,
-                                                                   std::vector<MetricKind>, SGDConfig);
+                                                                   std::vector<MetricKind>, OptimizerConfig);
 
 FASTMLP_ISA_END

@@ -13,7 +13,7 @@ FASTMLP_ISA_BEGIN
 template <typename T>
 class Engine final : public EngineBase<T> {
 public:
-    Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, SGDConfig sgd);
+    Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, OptimizerConfig opt);
 
     const char* isa() const override;
     void begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) override;
@@ -26,11 +26,12 @@ private:
     using EngineBase<T>::layers_;
     using EngineBase<T>::loss_;
     using EngineBase<T>::metrics_;
-    using EngineBase<T>::sgd_;
+    using EngineBase<T>::opt_;
     using EngineBase<T>::iterations_;
     using EngineBase<T>::params_;
     using EngineBase<T>::grads_;
     using EngineBase<T>::velocity_;
+    using EngineBase<T>::second_;
     using EngineBase<T>::w_off_;
     using EngineBase<T>::b_off_;
     using EngineBase<T>::target_cols;
@@ -62,6 +63,6 @@ private:
 
 template <typename T>
 std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec> layers, LossKind loss,
-                                             std::vector<MetricKind> metrics, SGDConfig sgd);
+                                             std::vector<MetricKind> metrics, OptimizerConfig opt);
 
 FASTMLP_ISA_END

@@ -26,12 +26,13 @@ namespace fastmlp {
 template <typename T>
 class EngineBase {
 public:
-    EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, SGDConfig sgd);
+    EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, OptimizerConfig opt);
     virtual ~EngineBase() = default;
 
     std::vector<T>& params() { return params_; }
     std::vector<T>& grads() { return grads_; }
-    std::vector<T>& velocity() { return velocity_; }
+    std::vector<T>& velocity() { return velocity_; }  // the optimizer's first state arena
+    std::vector<T>& second() { return second_; }      // its second (Adam's v, RMSprop's momentum)
     const std::vector<LayerSpec>& layers() const { return layers_; }
     index_t kernel_offset(std::size_t l) const { return w_off_.at(l); }
     index_t bias_offset(std::size_t l) const { return b_off_.at(l); }  // -1 without bias
@@ -40,7 +41,7 @@ public:
         require(t >= 0, "iterations must be non-negative; received " + std::to_string(t) + ".");
         iterations_ = t;
     }
-    SGDConfig& sgd() { return sgd_; }
+    OptimizerConfig& opt() { return opt_; }
     index_t target_cols() const { return loss_ == LossKind::SparseCategoricalCrossentropy ? 1 : layers_.back().out; }
     // Held by every public operation of the bindings: a model is used by one thread at a time.
     std::mutex& mutex() { return mutex_; }
@@ -66,9 +67,9 @@ protected:
     std::vector<LayerSpec> layers_;
     LossKind loss_;
     std::vector<MetricKind> metrics_;
-    SGDConfig sgd_;
+    OptimizerConfig opt_;
     std::int64_t iterations_ = 0;
-    std::vector<T> params_, grads_, velocity_;
+    std::vector<T> params_, grads_, velocity_, second_;
     std::vector<index_t> w_off_, b_off_;
     std::mutex mutex_;
     std::function<bool()> interrupted_;
@@ -85,6 +86,6 @@ std::vector<std::string> supported_isas();  // built and runnable here, best fir
 // A new engine on instruction set `isa` ("" = the best supported one).
 template <typename T>
 std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<LayerSpec> layers, LossKind loss,
-                                           std::vector<MetricKind> metrics, SGDConfig sgd);
+                                           std::vector<MetricKind> metrics, OptimizerConfig opt);
 
 }  // namespace fastmlp

@@ -45,7 +45,7 @@ def _problem(shape, out_act, loss, n, dtype, seed=0):
 
 def _native(specs, loss, dtype):
     cls = _core.Engine64 if dtype == np.float64 else _core.Engine32
-    return cls(specs, loss, [], 0.1, 0.0, 0.0, False)
+    return cls(specs, loss, [], {"learning_rate": 0.1})
 
 
 @pytest.mark.parametrize("path", SHAPES)
@@ -54,7 +54,7 @@ def _native(specs, loss, dtype):
 def test_gradients_match_the_reference(path, out_act, loss, dtype):
     specs, x, y, params = _problem(SHAPES[path], out_act, loss, 37, dtype)
     native = _native(specs, loss, dtype)
-    ref = ReferenceEngine(specs, loss, [], 0.1, 0.0, 0.0, False, dtype=dtype)
+    ref = ReferenceEngine(specs, loss, [], {"learning_rate": 0.1}, dtype=dtype)
     native.params[:] = params
     ref.params[:] = params
     loss_native = native.compute_gradients(x, y)
@@ -91,7 +91,8 @@ def test_gradients_match_float64_finite_differences(path, out_act, loss):
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_one_training_step_is_the_keras_update(path, nesterov):
     specs, x, y, params = _problem(SHAPES[path], "softmax", "categorical_crossentropy", 19, np.float64, seed=3)
-    engine = _core.Engine64(specs, "categorical_crossentropy", [], 0.05, 0.9, 0.01, nesterov)
+    engine = _core.Engine64(specs, "categorical_crossentropy", [],
+                            {"learning_rate": 0.05, "momentum": 0.9, "decay": 0.01, "nesterov": nesterov})
     engine.params[:] = params
     engine.compute_gradients(x, y)
     g = engine.grads.copy()

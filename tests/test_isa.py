@@ -68,7 +68,7 @@ def test_unknown_isa_is_refused_with_the_valid_ones():
     with pytest.raises(ValueError, match="Expected one of"):
         fastmlp.backend.set_isa("avx9000")
     with pytest.raises(ValueError, match="not available"):
-        _core.Engine32([(2, 2, "linear", True)], "mean_squared_error", [], 0.1, 0.0, 0.0, False, "avx9000")
+        _core.Engine32([(2, 2, "linear", True)], "mean_squared_error", [], {}, "avx9000")
 
 
 def test_environment_variable_pins_the_isa(monkeypatch):

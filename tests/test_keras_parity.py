@@ -3,7 +3,7 @@
 The goldens come from tests/fixtures/make_keras_goldens.py (its docstring lists the cases and
 keys). Each case is rebuilt here with fastmlp, given Keras's initial weights, trained with
 shuffle=False, and its per-epoch losses, accuracy and final weights are compared with Keras's.
-Only the cases whose optimizers fastmlp has are tested (SGD with momentum, Nesterov and decay).
+Every case is tested: SGD (momentum, Nesterov, decay), Adam and RMSprop.
 """
 
 import os
@@ -14,7 +14,7 @@ from conftest import assert_close
 
 from fastmlp.layers import Dense, Input
 from fastmlp.models import Sequential
-from fastmlp.optimizers import SGD
+from fastmlp.optimizers import SGD, Adam, RMSprop
 
 GOLDENS = os.path.join(os.path.dirname(__file__), "fixtures", "keras_goldens.npz")
 
@@ -52,6 +52,20 @@ CASES = {
         [(6, "relu"), (1, "sigmoid")],
         lambda: SGD(learning_rate=0.05, momentum=0.5),
         "binary_crossentropy",
+        True,
+    ),
+    "adam_cce": (
+        5,
+        [(16, "tanh"), (8, "sigmoid"), (3, "softmax")],
+        lambda: Adam(learning_rate=0.01),
+        "categorical_crossentropy",
+        True,
+    ),
+    "rmsprop_sparse": (
+        4,
+        [(12, "relu"), (3, "softmax")],
+        lambda: RMSprop(learning_rate=0.005),
+        "sparse_categorical_crossentropy",
         True,
     ),
 }

@@ -139,11 +139,12 @@ class Sequential:
 
     # ---- compile ----
 
-    def compile(self, optimizer="sgd", loss=None, metrics=None, backend="cpu"):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, backend="cpu"):
         """Configure training.
 
         Args:
-            optimizer: name (``'sgd'``) or instance (``fastmlp.optimizers.SGD(...)``).
+            optimizer: name (``'rmsprop'``, Keras's default, ``'sgd'``, ``'adam'``, ``'adamw'``,
+                ``'adagrad'``) or instance (``fastmlp.optimizers.SGD(...)``).
             loss: ``'binary_crossentropy'``, ``'categorical_crossentropy'``,
                 ``'sparse_categorical_crossentropy'`` or ``'mse'`` (or a fastmlp.losses class).
             metrics: list of metric names, e.g. ``['accuracy']``.
@@ -185,9 +186,9 @@ class Sequential:
         cfg = self.optimizer._engine_config()
         if args["backend"] == "cpu":
             cls = _core.Engine64 if args["dtype"] == "float64" else _core.Engine32
-            engine = cls(specs, self.loss, args["kinds"], *cfg, _backend.get_isa())
+            engine = cls(specs, self.loss, args["kinds"], cfg, _backend.get_isa())
         else:
-            engine = ReferenceEngine(specs, self.loss, args["kinds"], *cfg, dtype=args["dtype"])
+            engine = ReferenceEngine(specs, self.loss, args["kinds"], cfg, dtype=args["dtype"])
         views = engine.weight_views("params")
         i = 0
         for layer in self._layers:
@@ -415,7 +416,7 @@ class Sequential:
             else:
                 # Not compiled: run the forward pass on a throwaway inference engine.
                 cls = _core.Engine64 if x.dtype == np.float64 else _core.Engine32
-                engine = cls(self._specs(), "mean_squared_error", [], 0.0, 0.0, 0.0, False, _backend.get_isa())
+                engine = cls(self._specs(), "mean_squared_error", [], {}, _backend.get_isa())
                 for view, w in zip(engine.weight_views("params"), self.get_weights()):
                     view[...] = w
                 return engine.predict(x, batch_size)

@@ -11,15 +11,12 @@ from . import kernels as K
 
 
 class ReferenceEngine:
-    def __init__(self, layers, loss, metrics, learning_rate, momentum, decay, nesterov, dtype=np.float32):
+    def __init__(self, layers, loss, metrics, optimizer, dtype=np.float32):
         self.dtype = np.dtype(dtype)
         self.layers = [tuple(s) for s in layers]
         self.loss = loss
         self.metrics = list(metrics)
-        self.learning_rate = float(learning_rate)
-        self.momentum = float(momentum)
-        self.decay = float(decay)
-        self.nesterov = bool(nesterov)
+        self.optimizer = {"kind": "sgd", "learning_rate": 0.01, "initial_accumulator": 0.1, **optimizer}
         self.iterations = 0
         self._offsets = []
         size = 0
@@ -31,15 +28,22 @@ class ReferenceEngine:
             self._offsets.append((w_off, b_off))
         self.params = np.zeros(size, self.dtype)
         self.grads = np.zeros(size, self.dtype)
-        self.velocity = np.zeros(size, self.dtype)
+        kind = self.optimizer["kind"]
+        self.velocity = np.full(size, self.optimizer["initial_accumulator"] if kind == "adagrad" else 0, self.dtype)
+        self.second = np.zeros(size if kind in ("adam", "rmsprop") else 0, self.dtype)
         self._epoch = None
 
     @property
     def target_cols(self):
         return 1 if self.loss == "sparse_categorical_crossentropy" else self.layers[-1][1]
 
+    def set_option(self, name, value):
+        self.optimizer[name] = value
+
     def weight_views(self, arena="params"):
-        buf = {"params": self.params, "grads": self.grads, "velocity": self.velocity}[arena]
+        buf = {"params": self.params, "grads": self.grads, "velocity": self.velocity, "second": self.second}[arena]
+        if not len(buf):
+            return []
         views = []
         for (n_in, n_out, _act, use_bias), (w_off, b_off) in zip(self.layers, self._offsets):
             views.append(buf[w_off : w_off + n_in * n_out].reshape(n_in, n_out))
@@ -117,9 +121,8 @@ class ReferenceEngine:
                 s["stop"] = "nonfinite_loss"
                 s["bad_layer"], s["bad_part"] = self._first_nonfinite(self.weight_views("grads"))
                 break
-            lr = K.decayed_lr(self.learning_rate, self.decay, self.iterations, self.dtype.type)
             with np.errstate(all="ignore"):
-                K.sgd_update(self.params, self.grads, self.velocity, lr, self.momentum, self.nesterov)
+                K.optimizer_step(self.optimizer, self.params, self.grads, self.velocity, self.second, self.iterations)
             self.iterations += 1
             s["loss"] += loss
             s["metrics"] = [a + b for a, b in zip(s["metrics"], step_metrics)]

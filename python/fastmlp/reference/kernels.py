@@ -170,6 +170,55 @@ def sgd_update(w, g, v, lr, momentum, nesterov):
         w += v
 
 
+def adam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, t):
+    """Keras 3 Adam, in place, update number t (>= 1)."""
+    one = w.dtype.type(1)
+    b1, b2, eps, tt = (w.dtype.type(x) for x in (beta_1, beta_2, epsilon, t))
+    alpha = w.dtype.type(lr) * np.sqrt(one - b2**tt) / (one - b1**tt)
+    m += (g - m) * (one - b1)
+    v += (g * g - v) * (one - b2)
+    w -= (m * alpha) / (np.sqrt(v) + eps)
+
+
+def rmsprop_update(w, g, a, s, lr, rho, epsilon, momentum):
+    """Keras 3 RMSprop (centered=False), in place."""
+    one = w.dtype.type(1)
+    rho, eps, mu, lr = (w.dtype.type(x) for x in (rho, epsilon, momentum, lr))
+    a[...] = rho * a + (one - rho) * (g * g)
+    inc = (lr * g) / np.sqrt(a + eps)
+    if mu > 0:
+        s[...] = mu * s + inc
+        w -= s
+    else:
+        w -= inc
+
+
+def adagrad_update(w, g, a, lr, epsilon):
+    """Keras 3 Adagrad, in place."""
+    a += g * g
+    w -= (w.dtype.type(lr) * g) / np.sqrt(a + w.dtype.type(epsilon))
+
+
+def optimizer_step(config, w, g, s1, s2, iterations):
+    """One update (number iterations + 1) of the optimizer `config` (csrc/common.hpp OptimizerConfig)."""
+    c = {"momentum": 0.0, "nesterov": False, "decay": 0.0, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+         "rho": 0.9, "weight_decay": 0.0, **config}
+    lr = decayed_lr(c["learning_rate"], c["decay"], iterations, w.dtype.type)
+    if c["weight_decay"] > 0:
+        w -= w * w.dtype.type(c["weight_decay"]) * lr
+    kind = c["kind"]
+    if kind == "sgd":
+        sgd_update(w, g, s1, lr, c["momentum"], c["nesterov"])
+    elif kind == "adam":
+        adam_update(w, g, s1, s2, lr, c["beta_1"], c["beta_2"], c["epsilon"], iterations + 1)
+    elif kind == "rmsprop":
+        rmsprop_update(w, g, s1, s2, lr, c["rho"], c["epsilon"], c["momentum"])
+    elif kind == "adagrad":
+        adagrad_update(w, g, s1, lr, c["epsilon"])
+    else:
+        raise ValueError(f"Unknown optimizer kind {kind!r}")
+
+
 # ---- shuffling: the same counter-based Fisher-Yates as csrc/shuffle.hpp ----
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
