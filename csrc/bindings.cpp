@@ -46,8 +46,19 @@ void set_option(OptimizerConfig& c, const std::string& name, py::handle value) {
         else throw std::invalid_argument("Unknown optimizer kind '" + kind + "'. Expected sgd, adam, rmsprop or adagrad.");
         return;
     }
-    if (name == "nesterov") {
-        c.nesterov = value.cast<bool>();
+    if (name == "nesterov" || name == "staircase") {
+        (name == "nesterov" ? c.nesterov : c.staircase) = value.cast<bool>();
+        return;
+    }
+    if (name == "schedule") {
+        const auto kind = value.cast<std::string>();
+        if (!kind.empty() && kind != "exponential" && kind != "inverse_time" && kind != "piecewise" && kind != "cosine")
+            throw std::invalid_argument("Unknown schedule '" + kind + "'.");
+        c.schedule = kind;
+        return;
+    }
+    if (name == "boundaries" || name == "values") {
+        (name == "boundaries" ? c.boundaries : c.values) = value.cast<std::vector<double>>();
         return;
     }
     double* field = name == "learning_rate"         ? &c.learning_rate
@@ -59,6 +70,13 @@ void set_option(OptimizerConfig& c, const std::string& name, py::handle value) {
                     : name == "rho"                 ? &c.rho
                     : name == "weight_decay"        ? &c.weight_decay
                     : name == "initial_accumulator" ? &c.initial_accumulator
+                    : name == "clipnorm"            ? &c.clipnorm
+                    : name == "global_clipnorm"     ? &c.global_clipnorm
+                    : name == "clipvalue"           ? &c.clipvalue
+                    : name == "initial"             ? &c.initial
+                    : name == "decay_steps"         ? &c.decay_steps
+                    : name == "decay_rate"          ? &c.decay_rate
+                    : name == "alpha"               ? &c.alpha
                                                     : nullptr;
     if (!field) throw std::invalid_argument("Unknown optimizer setting '" + name + "'.");
     *field = value.cast<double>();

@@ -75,6 +75,18 @@ struct OptimizerConfig {
     double rho = 0.9;           // RMSprop
     double weight_decay = 0.0;  // decoupled (AdamW and any kind): w -= w * weight_decay * lr_t first
     double initial_accumulator = 0.1;  // Adagrad
+    // Gradient clipping, Keras 3's (at most one is set; 0 = off): clipnorm per weight array,
+    // global_clipnorm over all of them, clipvalue elementwise.
+    double clipnorm = 0.0;
+    double global_clipnorm = 0.0;
+    double clipvalue = 0.0;
+    // Learning-rate schedule of the update count t (Keras 3 optimizers/schedules), replacing
+    // learning_rate when set: "exponential", "inverse_time" (initial, decay_steps, decay_rate,
+    // staircase), "piecewise" (boundaries, values), "cosine" (initial, decay_steps, alpha).
+    std::string schedule;
+    double initial = 0.0, decay_steps = 1.0, decay_rate = 0.0, alpha = 0.0;
+    bool staircase = false;
+    std::vector<double> boundaries, values;
 };
 
 // Why a run of training steps ended before the steps asked for.

@@ -46,6 +46,11 @@ EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vec
         b_off_.push_back(s.use_bias ? size : -1);
         if (s.use_bias) size += s.out;
     }
+    require(opt_.schedule != "piecewise" || (!opt_.values.empty() && opt_.values.size() == opt_.boundaries.size() + 1),
+            "A piecewise-constant schedule needs one more value than boundaries; received " +
+                std::to_string(opt_.values.size()) + " values and " + std::to_string(opt_.boundaries.size()) +
+                " boundaries.");
+    require(opt_.decay_steps > 0, "A schedule's decay_steps must be positive.");
     for (MetricKind m : metrics_)
         require(m != MetricKind::SparseCategoricalAccuracy || loss_ == LossKind::SparseCategoricalCrossentropy,
                 "sparse_categorical_accuracy needs the sparse_categorical_crossentropy loss (integer labels).");

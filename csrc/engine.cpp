@@ -19,6 +19,10 @@ Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<Metr
     for (const LayerSpec& s : layers_) widest = std::max(widest, s.out);
     narrow_ = widest <= kNarrowWidth;
     acts_.resize(layers_.size());
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        segments_.emplace_back(w_off_[l], layers_[l].in * layers_[l].out);
+        if (b_off_[l] >= 0) segments_.emplace_back(b_off_[l], layers_[l].out);
+    }
 }
 
 #define FASTMLP_STR2(x) #x
@@ -196,6 +200,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
             this->locate_nonfinite(grads_, sums_);
             break;
         }
+        clip_gradients(opt_, grads_.data(), segments_);
         const bool finite = optimizer_step(opt_, params_.data(), grads_.data(), velocity_.data(), second_.data(),
                                            static_cast<index_t>(params_.size()), iterations_);
         ++iterations_;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -48,6 +49,7 @@ private:
     // so a given model always takes the same path and gives the same bits).
     static constexpr index_t kNarrowWidth = 16;  // the widest layer (or input) the narrow path takes
     bool narrow_ = false;
+    std::vector<std::pair<index_t, index_t>> segments_;  // each weight array's (offset, size), for clipnorm
 
     // Batch buffers, sized for the largest batch seen (in lanes on the narrow path).
     index_t cap_ = 0;

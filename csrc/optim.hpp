@@ -1,7 +1,11 @@
 // Fused optimizer updates over the flat parameter arena.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
 
 #include "common.hpp"
 
@@ -96,13 +100,80 @@ bool adagrad_update(T* w, const T* g, T* a, index_t n, T lr, T eps) {
     return bad == 0;
 }
 
+// The learning rate for update number t + 1 (t updates applied): the schedule's value at step t,
+// else Keras 2's decay of learning_rate. Computed in T, as Keras computes schedules in float32.
+template <typename T>
+T scheduled_lr(const OptimizerConfig& c, std::int64_t t) {
+    if (c.schedule.empty()) return decayed_lr<T>(c.learning_rate, c.decay, t);
+    const T step = T(t);
+    if (c.schedule == "piecewise") {  // values has one more entry than boundaries (checked when built)
+        std::size_t i = 0;
+        while (i < c.boundaries.size() && step > T(c.boundaries[i])) ++i;
+        return T(c.values[std::min(i, c.values.size() - 1)]);
+    }
+    if (c.schedule == "cosine") {
+        const T progress = std::min(step, T(c.decay_steps)) / T(c.decay_steps);
+        const T cosine = T(0.5) * (T(1) + std::cos(T(3.14159265358979323846) * progress));
+        return T(c.initial) * ((T(1) - T(c.alpha)) * cosine + T(c.alpha));
+    }
+    T p = step / T(c.decay_steps);
+    if (c.staircase) p = std::floor(p);
+    if (c.schedule == "exponential") return T(c.initial) * std::pow(T(c.decay_rate), p);
+    return T(c.initial) / (T(1) + T(c.decay_rate) * p);  // inverse_time
+}
+
+// Sum of x[i]^2 over n values in a fixed order for every vector width: 16 partial sums over
+// i = j (mod 16), then p[j] += p[j+8], p[j] += p[j+4], p[j] += p[j+2], p[0] + p[1].
+template <typename T>
+T sum_squares(const T* x, index_t n) {
+    T p[16] = {};
+    const index_t full = n / 16 * 16;
+    for (index_t i = 0; i < full; i += 16)
+        for (int j = 0; j < 16; ++j) p[j] += x[i + j] * x[i + j];
+    for (index_t i = full; i < n; ++i) p[i - full] += x[i] * x[i];
+    for (int j = 0; j < 8; ++j) p[j] += p[j + 8];
+    for (int j = 0; j < 4; ++j) p[j] += p[j + 4];
+    for (int j = 0; j < 2; ++j) p[j] += p[j + 2];
+    return p[0] + p[1];
+}
+
+// Keras 3's gradient clipping, in place on the gradient arena g; `segments` lists each weight
+// array as (offset, size):
+//   clipnorm c (per array):  g *= c / max(||g||, c)
+//   global_clipnorm c:       g *= c * min(1 / ||all g||, 1 / c)   (NaN when the norm is not finite)
+//   clipvalue c:             g = clip(g, -c, c)
+template <typename T>
+void clip_gradients(const OptimizerConfig& c, T* g, const std::vector<std::pair<index_t, index_t>>& segments) {
+    if (c.clipnorm > 0) {
+        const T cn = T(c.clipnorm);
+        for (const auto& [off, size] : segments) {
+            const T l2 = sum_squares(g + off, size);
+            const T norm = l2 > T(0) ? std::sqrt(l2) : l2;
+            const T denom = std::max(norm, cn);
+            for (index_t i = 0; i < size; ++i) g[off + i] = (g[off + i] * cn) / denom;
+        }
+    } else if (c.global_clipnorm > 0) {
+        const T cn = T(c.global_clipnorm);
+        T total = 0;
+        for (const auto& [off, size] : segments) total += sum_squares(g + off, size);
+        const T norm = std::sqrt(total);
+        const T scale = std::isfinite(norm) ? cn * std::min(T(1) / norm, T(1) / cn) : std::numeric_limits<T>::quiet_NaN();
+        for (const auto& [off, size] : segments)
+            for (index_t i = 0; i < size; ++i) g[off + i] = g[off + i] * scale;
+    } else if (c.clipvalue > 0) {
+        const T cv = T(c.clipvalue);
+        for (const auto& [off, size] : segments)
+            for (index_t i = 0; i < size; ++i) g[off + i] = std::min(std::max(g[off + i], -cv), cv);
+    }
+}
+
 // One optimizer step over the arena, update number iterations + 1 (Keras's order: the decoupled
-// weight decay w -= w * weight_decay * lr first, then the kind's rule). s1 and s2 are the
+// weight decay w -= w * weight_decay * lr first, then the kind's rule; gradients already clipped). s1 and s2 are the
 // optimizer's state arenas (SGD: s1 = velocity; Adam: m, v; RMSprop: accumulator, momentum;
 // Adagrad: accumulator). Returns whether every new weight is finite.
 template <typename T>
 bool optimizer_step(const OptimizerConfig& c, T* w, const T* g, T* s1, T* s2, index_t n, std::int64_t iterations) {
-    const T lr = decayed_lr<T>(c.learning_rate, c.decay, iterations);
+    const T lr = scheduled_lr<T>(c, iterations);
     if (c.weight_decay > 0) {
         const T wd = T(c.weight_decay);
         for (index_t i = 0; i < n; ++i) w[i] -= w[i] * wd * lr;

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import assert_close
 from fastmlp import _core, optimizers
+from fastmlp.optimizers import schedules
 from fastmlp.reference import ReferenceEngine
 
 SPECS = [(5, 7, "tanh", True), (7, 3, "softmax", True)]
@@ -73,13 +74,31 @@ def test_one_step_is_the_keras_formula(name):
     assert_close(engine.params, _expected_step(config, w0, g, s1, s2, 3), kind="grad")
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+# Clipping and schedules, checked as trajectories against the reference.
+TRAJECTORY_CONFIGS = {
+    **CONFIGS,
+    "sgd_clipnorm": {"kind": "sgd", "learning_rate": 0.5, "momentum": 0.5, "clipnorm": 0.05},
+    "adam_global_clipnorm": {"kind": "adam", "learning_rate": 0.01, "global_clipnorm": 0.05},
+    "rmsprop_clipvalue": {"kind": "rmsprop", "learning_rate": 0.01, "clipvalue": 0.002},
+    "sgd_exponential": {"kind": "sgd", "learning_rate": 0.0, "schedule": "exponential", "initial": 0.2,
+                        "decay_steps": 3, "decay_rate": 0.5, "staircase": True},
+    "sgd_inverse_time": {"kind": "sgd", "learning_rate": 0.0, "schedule": "inverse_time", "initial": 0.2,
+                         "decay_steps": 2, "decay_rate": 0.3},
+    "adam_piecewise": {"kind": "adam", "learning_rate": 0.0, "schedule": "piecewise", "boundaries": [2, 5],
+                       "values": [0.02, 0.01, 0.001]},
+    "sgd_cosine": {"kind": "sgd", "learning_rate": 0.0, "schedule": "cosine", "initial": 0.2, "decay_steps": 7,
+                   "alpha": 0.1},
+}
+
+
+@pytest.mark.parametrize("name", TRAJECTORY_CONFIGS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_ten_steps_match_the_reference(name, dtype):
     x, y, w0 = _problem(seed=3, n=40)
+    config = TRAJECTORY_CONFIGS[name]
     native = (_core.Engine64 if dtype == np.float64 else _core.Engine32)(SPECS, "categorical_crossentropy", [],
-                                                                        CONFIGS[name])
-    ref = ReferenceEngine(SPECS, "categorical_crossentropy", [], CONFIGS[name], dtype=dtype)
+                                                                        config)
+    ref = ReferenceEngine(SPECS, "categorical_crossentropy", [], config, dtype=dtype)
     for engine in (native, ref):
         engine.params[:] = w0
         engine.begin_epoch(len(x), 4, True, 11, 0)
@@ -122,4 +141,74 @@ def test_names_resolve_to_keras_defaults(name, cls):
 )
 def test_bad_optimizer_arguments(make, error, match):
     with pytest.raises(error, match=match):
+        make()
+
+
+def test_clipnorm_step_is_the_keras_formula():
+    x, y, w0 = _problem()
+    config = {"kind": "sgd", "learning_rate": 0.5, "clipnorm": 0.01}
+    engine = _core.Engine64(SPECS, "categorical_crossentropy", [], config)
+    engine.params[:] = w0
+    engine.compute_gradients(x, y)
+    expected = w0.copy()
+    g = engine.grads.copy()
+    offsets = np.cumsum([0, 35, 7, 21, 3])
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        norm = np.sqrt(np.sum(g[a:b] ** 2))
+        expected[a:b] -= 0.5 * g[a:b] * 0.01 / max(norm, 0.01)
+    engine.params[:] = w0
+    engine.begin_epoch(len(x), len(x), False, 0, 0)
+    engine.train_steps(x, y, 0)
+    assert_close(engine.params, expected, kind="grad")
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        (schedules.ExponentialDecay(0.1, 10, 0.5), lambda t: 0.1 * 0.5 ** (t / 10)),
+        (schedules.ExponentialDecay(0.1, 10, 0.5, staircase=True), lambda t: 0.1 * 0.5 ** (t // 10)),
+        (schedules.InverseTimeDecay(0.1, 1, 0.001), lambda t: 0.1 / (1 + 0.001 * t)),
+        (schedules.PiecewiseConstantDecay([10, 20], [1.0, 0.5, 0.1]),
+         lambda t: 1.0 if t <= 10 else (0.5 if t <= 20 else 0.1)),
+        (schedules.CosineDecay(0.1, 30, alpha=0.2),
+         lambda t: 0.1 * (0.8 * 0.5 * (1 + np.cos(np.pi * min(t, 30) / 30)) + 0.2)),
+    ],
+    ids=["exponential", "staircase", "inverse_time", "piecewise", "cosine"],
+)
+def test_schedules_are_keras_formulas(schedule, expected):
+    for t in (0, 1, 9, 10, 11, 20, 21, 29, 30, 45):
+        assert schedule(t) == pytest.approx(expected(t), rel=1e-6)
+
+
+def test_a_schedule_drives_native_training():
+    x, y, w0 = _problem()
+    from fastmlp.layers import Dense
+    from fastmlp.models import Sequential
+
+    model = Sequential([Dense(7, activation="tanh", input_dim=5), Dense(3, activation="softmax")])
+    opt = optimizers.SGD(learning_rate=schedules.PiecewiseConstantDecay([2], [0.1, 0.0]))
+    model.compile(loss="categorical_crossentropy", optimizer=opt)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 3 updates: steps 0, 1, 2 have rate 0.1
+    after_three = model.get_weights()
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)  # rate 0 from step 3 on
+    for a, b in zip(model.get_weights(), after_three):
+        assert np.array_equal(a, b)
+    model.optimizer.learning_rate = 0.05  # a constant again, live
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert not np.array_equal(model.get_weights()[0], after_three[0])
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: optimizers.SGD(clipnorm=1.0, clipvalue=1.0), "Only one of"),
+        (lambda: optimizers.Adam(clipnorm=0), "clipnorm"),
+        (lambda: schedules.PiecewiseConstantDecay([1, 2], [0.1]), "1 less"),
+        (lambda: schedules.ExponentialDecay(0.1, 0, 0.5), "decay_steps"),
+        (lambda: schedules.CosineDecay(0.1, 10, warmup_steps=5), "warmup"),
+    ],
+    ids=["two_clips", "clipnorm_0", "piecewise_lengths", "decay_steps_0", "cosine_warmup"],
+)
+def test_bad_clipping_and_schedule_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
         make()

@@ -122,6 +122,7 @@ class ReferenceEngine:
                 s["bad_layer"], s["bad_part"] = self._first_nonfinite(self.weight_views("grads"))
                 break
             with np.errstate(all="ignore"):
+                K.clip_gradients(self.optimizer, self.weight_views("grads"))
                 K.optimizer_step(self.optimizer, self.params, self.grads, self.velocity, self.second, self.iterations)
             self.iterations += 1
             s["loss"] += loss

@@ -199,11 +199,53 @@ def adagrad_update(w, g, a, lr, epsilon):
     w -= (w.dtype.type(lr) * g) / np.sqrt(a + w.dtype.type(epsilon))
 
 
+def scheduled_lr(config, t, dtype=np.float32):
+    """The learning rate of update t + 1: the schedule's (csrc/optim.hpp scheduled_lr), else decay's."""
+    kind = config.get("schedule", "")
+    if not kind:
+        return decayed_lr(config["learning_rate"], config.get("decay", 0.0), t, dtype)
+    step = dtype(t)
+    if kind == "piecewise":
+        i = 0
+        while i < len(config["boundaries"]) and step > dtype(config["boundaries"][i]):
+            i += 1
+        return dtype(config["values"][i])
+    if kind == "cosine":
+        progress = min(step, dtype(config["decay_steps"])) / dtype(config["decay_steps"])
+        cosine = dtype(0.5) * (dtype(1) + np.cos(dtype(np.pi) * progress))
+        return dtype(config["initial"]) * ((dtype(1) - dtype(config["alpha"])) * cosine + dtype(config["alpha"]))
+    p = step / dtype(config["decay_steps"])
+    if config.get("staircase"):
+        p = np.floor(p)
+    if kind == "exponential":
+        return dtype(dtype(config["initial"]) * np.power(dtype(config["decay_rate"]), p))
+    return dtype(dtype(config["initial"]) / (dtype(1) + dtype(config["decay_rate"]) * p))
+
+
+def clip_gradients(config, grads):
+    """Keras 3's clipnorm (per array), global_clipnorm or clipvalue, in place on the list `grads`."""
+    if config.get("clipnorm"):
+        c = grads[0].dtype.type(config["clipnorm"])
+        for g in grads:
+            norm = np.sqrt(np.sum(g * g))
+            g[...] = (g * c) / max(norm, c)
+    elif config.get("global_clipnorm"):
+        c = grads[0].dtype.type(config["global_clipnorm"])
+        norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+        scale = c * min(1 / norm, 1 / c) if np.isfinite(norm) else np.nan
+        for g in grads:
+            g *= scale
+    elif config.get("clipvalue"):
+        c = config["clipvalue"]
+        for g in grads:
+            np.clip(g, -c, c, out=g)
+
+
 def optimizer_step(config, w, g, s1, s2, iterations):
     """One update (number iterations + 1) of the optimizer `config` (csrc/common.hpp OptimizerConfig)."""
     c = {"momentum": 0.0, "nesterov": False, "decay": 0.0, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
          "rho": 0.9, "weight_decay": 0.0, **config}
-    lr = decayed_lr(c["learning_rate"], c["decay"], iterations, w.dtype.type)
+    lr = scheduled_lr(c, iterations, w.dtype.type)
     if c["weight_decay"] > 0:
         w -= w * w.dtype.type(c["weight_decay"]) * lr
     kind = c["kind"]

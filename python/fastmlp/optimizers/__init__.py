@@ -3,6 +3,9 @@ parameter arena: SGD, Adam, AdamW, RMSprop, Adagrad."""
 
 import numbers
 
+from . import schedules
+from .schedules import LearningRateSchedule
+
 
 def _non_negative(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
@@ -43,16 +46,59 @@ def _flag(value, name):
     return value
 
 
+def _learning_rate(value, name):
+    return value if isinstance(value, LearningRateSchedule) else _non_negative(value, name)
+
+
+_CLIPS = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
 class Optimizer:
-    """Base class. ``iterations`` counts the updates applied, across ``fit`` calls."""
+    """Base class. ``iterations`` counts the updates applied, across ``fit`` calls.
 
-    learning_rate = _Hyperparameter(_non_negative)
+    Every optimizer takes Keras's ``clipnorm`` (per weight array), ``global_clipnorm`` and
+    ``clipvalue`` (at most one), and a ``learning_rate`` that is a number or a schedule from
+    ``fastmlp.optimizers.schedules``.
+    """
 
-    def __init__(self, learning_rate, name):
+    def __init__(self, learning_rate, name, clipnorm=None, clipvalue=None, global_clipnorm=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
         self._engine = None
         self.learning_rate = learning_rate
         self.name = name
         self._iterations = 0
+        clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+        given = [k for k, v in clips.items() if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: {given}")
+        for key, value in clips.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0):
+                raise ValueError(f"Expected `{key}` to be a positive number. Received: {key}={value!r}")
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+
+    @property
+    def learning_rate(self):
+        return self.__dict__["learning_rate"]
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        value = _learning_rate(value, "learning_rate")
+        self.__dict__["learning_rate"] = value
+        if self.__dict__.get("_engine") is not None:
+            for key, item in self._rate_config().items():
+                self._engine.set_option(key, item)
+
+    def _rate_config(self):
+        """The engine settings for the learning rate: a schedule's, or a constant's."""
+        lr = self.learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            return {**lr._engine_config(), "learning_rate": 0.0}
+        return {"schedule": "", "learning_rate": lr}
+
+    def _config(self, kind, **settings):
+        clips = {k: float(getattr(self, k) or 0.0) for k in _CLIPS}
+        return {"kind": kind, **settings, **clips, **self._rate_config()}
 
     @property
     def iterations(self):
@@ -69,8 +115,10 @@ class Optimizer:
         raise NotImplementedError
 
     def get_config(self):
-        config = {"name": self.name}
-        config.update({k: v for k, v in self._engine_config().items() if k != "kind"})
+        lr = self.learning_rate
+        config = {"name": self.name, "learning_rate": lr.get_config() if isinstance(lr, LearningRateSchedule) else lr}
+        config.update({k: v for k, v in self._engine_config().items() if k in self._public})
+        config.update({k: getattr(self, k) for k in _CLIPS})
         return config
 
 
@@ -91,19 +139,18 @@ class SGD(Optimizer):
     nesterov = _Hyperparameter(_flag)
     decay = _Hyperparameter(_non_negative)
 
+    _public = ("momentum", "nesterov", "decay")
+
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, decay=0.0, name="SGD", lr=None, **kwargs):
-        if kwargs:
-            raise TypeError(f"SGD got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
         if lr is not None:
             learning_rate = lr
-        super().__init__(learning_rate, name)
+        super().__init__(learning_rate, name, **kwargs)
         self.momentum = momentum
         self.nesterov = nesterov
         self.decay = decay
 
     def _engine_config(self):
-        return {"kind": "sgd", "learning_rate": self.learning_rate, "momentum": self.momentum,
-                "nesterov": self.nesterov, "decay": self.decay}
+        return self._config("sgd", momentum=self.momentum, nesterov=self.nesterov, decay=self.decay)
 
 
 def _positive(value, name):
@@ -120,13 +167,11 @@ def _unit(value, name):
     return value
 
 
-def _no_kwargs(cls, kwargs, unsupported=()):
-    for key in unsupported:
-        if kwargs.get(key):
-            raise ValueError(f"{cls}({key}={kwargs[key]!r}) is not supported by fastmlp yet.")
-    rest = sorted(set(kwargs) - set(unsupported))
-    if rest:
-        raise TypeError(f"{cls} got unexpected keyword arguments: {', '.join(rest)}.")
+def _unsupported(cls, kwargs, keys):
+    """Remove Keras options fastmlp does not implement from kwargs, refusing them when enabled."""
+    for key in keys:
+        if kwargs.pop(key, False):
+            raise ValueError(f"{cls}({key}=True) is not supported by fastmlp yet.")
 
 
 class Adam(Optimizer):
@@ -143,17 +188,19 @@ class Adam(Optimizer):
     weight_decay = _Hyperparameter(_non_negative)
     decay = _Hyperparameter(_non_negative)
 
+    _public = ("beta_1", "beta_2", "epsilon", "weight_decay", "decay")
+
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None,
                  name="adam", decay=0.0, **kwargs):
-        _no_kwargs(type(self).__name__, kwargs, unsupported=("amsgrad",))
-        super().__init__(learning_rate, name)
+        _unsupported(type(self).__name__, kwargs, ("amsgrad",))
+        super().__init__(learning_rate, name, **kwargs)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self.weight_decay = 0.0 if weight_decay is None else weight_decay
         self.decay = decay
 
     def _engine_config(self):
-        return {"kind": "adam", "learning_rate": self.learning_rate, "beta_1": self.beta_1, "beta_2": self.beta_2,
-                "epsilon": self.epsilon, "weight_decay": self.weight_decay, "decay": self.decay}
+        return self._config("adam", beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
+                            weight_decay=self.weight_decay, decay=self.decay)
 
 
 class AdamW(Adam):
@@ -176,15 +223,16 @@ class RMSprop(Optimizer):
     epsilon = _Hyperparameter(_positive)
     decay = _Hyperparameter(_non_negative)
 
+    _public = ("rho", "momentum", "epsilon", "decay")
+
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, name="rmsprop", decay=0.0,
                  **kwargs):
-        _no_kwargs(type(self).__name__, kwargs, unsupported=("centered",))
-        super().__init__(learning_rate, name)
+        _unsupported(type(self).__name__, kwargs, ("centered",))
+        super().__init__(learning_rate, name, **kwargs)
         self.rho, self.momentum, self.epsilon, self.decay = rho, momentum, epsilon, decay
 
     def _engine_config(self):
-        return {"kind": "rmsprop", "learning_rate": self.learning_rate, "rho": self.rho, "momentum": self.momentum,
-                "epsilon": self.epsilon, "decay": self.decay}
+        return self._config("rmsprop", rho=self.rho, momentum=self.momentum, epsilon=self.epsilon, decay=self.decay)
 
 
 class Adagrad(Optimizer):
@@ -194,16 +242,20 @@ class Adagrad(Optimizer):
     epsilon = _Hyperparameter(_positive)
     decay = _Hyperparameter(_non_negative)
 
+    _public = ("epsilon", "decay")
+
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, name="adagrad", decay=0.0,
                  **kwargs):
-        _no_kwargs(type(self).__name__, kwargs)
-        super().__init__(learning_rate, name)
+        super().__init__(learning_rate, name, **kwargs)
         self.initial_accumulator_value = _non_negative(initial_accumulator_value, "initial_accumulator_value")
         self.epsilon, self.decay = epsilon, decay
 
     def _engine_config(self):
-        return {"kind": "adagrad", "learning_rate": self.learning_rate, "epsilon": self.epsilon,
-                "initial_accumulator": self.initial_accumulator_value, "decay": self.decay}
+        return self._config("adagrad", epsilon=self.epsilon, initial_accumulator=self.initial_accumulator_value,
+                            decay=self.decay)
+
+    def get_config(self):
+        return dict(super().get_config(), initial_accumulator_value=self.initial_accumulator_value)
 
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
