@@ -157,6 +157,7 @@ void bind_engine(py::module_& m, const char* name) {
             return out;
         })
         .def_property("iterations", &E::iterations, &E::set_iterations)
+        .def("set_loss_options", &E::set_loss_options, py::arg("huber_delta") = 1.0, py::arg("label_smoothing") = 0.0)
         .def("set_option", [](E& e, const std::string& name, py::handle value) { set_option(e.opt(), name, value); },
              "Change one optimizer setting; it applies from the next update.")
         .def_property_readonly("target_cols", &E::target_cols)
@@ -301,10 +302,10 @@ py::object output_loss_impl(py::handle ph, py::handle yh, const std::string& los
     const Act act = parse_act(act_name);
     auto p = as_array<T>(ph, "p", 2);
     const index_t B = p.shape(0), C = p.shape(1);
-    const index_t yc = kind == LossKind::SparseCategoricalCrossentropy ? 1 : C;
+    const index_t yc = is_sparse(kind) ? 1 : C;
     auto y = as_array<T>(yh, "y", 2);
     if (rows_of(y, "y", yc) != B) throw std::invalid_argument("y must have as many rows as p.");
-    if (kind == LossKind::SparseCategoricalCrossentropy) check_sparse_labels(y.data(), B, 1, C);
+    if (is_sparse(kind)) check_sparse_labels(y.data(), B, 1, C);
     carray<T> dz({B, C});
     const T scale = B > 0 ? T(1) / T(B) : T(0);
     std::vector<T> work;

@@ -46,7 +46,23 @@ namespace fastmlp {
 using index_t = std::int64_t;
 
 enum class Act { Linear, Relu, Sigmoid, Tanh, Softmax };
-enum class LossKind { BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy, MeanSquaredError };
+enum class LossKind {
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    SparseCategoricalCrossentropy,
+    MeanSquaredError,
+    // The cross-entropies on logits (Keras's from_logits=True), and the regression losses below,
+    // run on the row-major kernels only (the narrow path transposes its output block for them).
+    BinaryCrossentropyLogits,
+    CategoricalCrossentropyLogits,
+    SparseCategoricalCrossentropyLogits,
+    MeanAbsoluteError,
+    Huber,
+};
+
+inline bool is_sparse(LossKind k) {
+    return k == LossKind::SparseCategoricalCrossentropy || k == LossKind::SparseCategoricalCrossentropyLogits;
+}
 enum class MetricKind { BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy };
 
 // Keras's epsilon for clipping probabilities inside the cross-entropies.

@@ -52,7 +52,7 @@ EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vec
                 " boundaries.");
     require(opt_.decay_steps > 0, "A schedule's decay_steps must be positive.");
     for (MetricKind m : metrics_)
-        require(m != MetricKind::SparseCategoricalAccuracy || loss_ == LossKind::SparseCategoricalCrossentropy,
+        require(m != MetricKind::SparseCategoricalAccuracy || is_sparse(loss_),
                 "sparse_categorical_accuracy needs the sparse_categorical_crossentropy loss (integer labels).");
     params_.assign(size, T(0));
     grads_.assign(size, T(0));
@@ -98,9 +98,15 @@ LossKind parse_loss(const std::string& name) {
     if (name == "categorical_crossentropy") return LossKind::CategoricalCrossentropy;
     if (name == "sparse_categorical_crossentropy") return LossKind::SparseCategoricalCrossentropy;
     if (name == "mean_squared_error") return LossKind::MeanSquaredError;
+    if (name == "binary_crossentropy_from_logits") return LossKind::BinaryCrossentropyLogits;
+    if (name == "categorical_crossentropy_from_logits") return LossKind::CategoricalCrossentropyLogits;
+    if (name == "sparse_categorical_crossentropy_from_logits") return LossKind::SparseCategoricalCrossentropyLogits;
+    if (name == "mean_absolute_error") return LossKind::MeanAbsoluteError;
+    if (name == "huber") return LossKind::Huber;
     throw std::invalid_argument("Unknown loss '" + name +
                                 "'. Expected one of: binary_crossentropy, categorical_crossentropy, "
-                                "sparse_categorical_crossentropy, mean_squared_error.");
+                                "sparse_categorical_crossentropy, mean_squared_error, mean_absolute_error, huber, "
+                                "and the three cross-entropies with the suffix _from_logits.");
 }
 
 MetricKind parse_metric(const std::string& name) {

@@ -52,9 +52,21 @@ void Engine<T>::ensure_batch(index_t B) {
 
 template <typename T>
 void Engine<T>::check_labels(const T* Y, index_t n) const {
-    if (loss_ == LossKind::SparseCategoricalCrossentropy ||
+    if (is_sparse(loss_) ||
         std::find(metrics_.begin(), metrics_.end(), MetricKind::SparseCategoricalAccuracy) != metrics_.end())
         check_sparse_labels(Y, n, target_cols(), layers_.back().out);
+}
+
+// The targets the loss sees: Y itself, or a label-smoothed copy of its n values.
+template <typename T>
+const T* Engine<T>::loss_targets(const T* Y, index_t n) {
+    if (label_smoothing_ == 0) return Y;
+    const bool binary = loss_ == LossKind::BinaryCrossentropy || loss_ == LossKind::BinaryCrossentropyLogits;
+    const T s = T(label_smoothing_);
+    const T k = binary ? T(0.5) : T(1) / T(layers_.back().out);
+    if (static_cast<index_t>(smooth_.size()) < n) smooth_.resize(n);
+    for (index_t i = 0; i < n; ++i) smooth_[i] = Y[i] * (T(1) - s) + s * k;
+    return smooth_.data();
 }
 
 template <typename T>
@@ -76,7 +88,8 @@ double Engine<T>::forward_backward(const T* X, const T* Y, index_t B, std::vecto
     const LayerSpec& last = layers_.back();
     const index_t yc = target_cols();
     T* dZ = delta_a_.data();
-    const double loss = output_loss(loss_, last.act, P, Y, yc, B, last.out, T(1) / T(B), dZ, loss_work_);
+    const double loss = output_loss(loss_, last.act, P, loss_targets(Y, B * yc), yc, B, last.out, T(1) / T(B), dZ,
+                                    loss_work_, T(huber_delta_));
     if (metric_sums)
         for (std::size_t m = 0; m < metrics_.size(); ++m)
             (*metric_sums)[m] += accuracy_sum(metrics_[m], P, Y, yc, B, last.out);
@@ -107,8 +120,9 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, std::vector<doub
         in = acts_[l].data();
     }
     const LayerSpec& last = layers_.back();
-    const double loss = narrow_output_loss(loss_, last.act, in, yb_.data(), B, L, last.out, T(1) / T(B),
-                                           delta_a_.data(), loss_work_);
+    const double loss = narrow_output_loss(loss_, last.act, in, loss_targets(yb_.data(), target_cols() * L), B, L,
+                                           last.out, T(1) / T(B), delta_a_.data(), loss_work_, row_work_,
+                                           T(huber_delta_));
     if (metric_sums)
         for (std::size_t m = 0; m < metrics_.size(); ++m)
             (*metric_sums)[m] += narrow_accuracy_sum(metrics_[m], in, yb_.data(), B, L, last.out);
@@ -258,7 +272,7 @@ EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_s
         const index_t B = std::min(chunk, n - start);
         const T* P = forward(X + start * K, B, acts);
         const T* y = Y + start * yc;
-        sums.loss += loss_sum(loss_, P, y, yc, B, C, loss_work_);
+        sums.loss += loss_sum(loss_, P, loss_targets(y, B * yc), yc, B, C, loss_work_, T(huber_delta_));
         for (std::size_t m = 0; m < metrics_.size(); ++m) sums.metrics[m] += accuracy_sum(metrics_[m], P, y, yc, B, C);
         sums.samples += B;
     }

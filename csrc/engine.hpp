@@ -36,6 +36,8 @@ private:
     using EngineBase<T>::w_off_;
     using EngineBase<T>::b_off_;
     using EngineBase<T>::target_cols;
+    using EngineBase<T>::huber_delta_;
+    using EngineBase<T>::label_smoothing_;
 
     void ensure_batch(index_t B);
     const T* forward(const T* X, index_t B, std::vector<std::vector<T>>& acts);
@@ -44,6 +46,7 @@ private:
     double batch_gradients(const T* X, const T* Y, const std::uint32_t* idx, index_t B,
                            std::vector<double>* metric_sums);
     void check_labels(const T* Y, index_t n) const;
+    const T* loss_targets(const T* Y, index_t n);
 
     // Tiny networks train on the feature-major kernels of narrow.hpp (decided by the widths alone,
     // so a given model always takes the same path and gives the same bits).
@@ -54,7 +57,7 @@ private:
     // Batch buffers, sized for the largest batch seen (in lanes on the narrow path).
     index_t cap_ = 0;
     std::vector<std::vector<T>> acts_;  // per layer (B, out_l), or (out_l, L) on the narrow path
-    std::vector<T> xb_, yb_, delta_a_, delta_b_, loss_work_, lane_tmp_;
+    std::vector<T> xb_, yb_, delta_a_, delta_b_, loss_work_, row_work_, lane_tmp_, smooth_;
     DenseScratch<T> scratch_;
 
     // Epoch state.

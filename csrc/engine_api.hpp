@@ -42,7 +42,17 @@ public:
         iterations_ = t;
     }
     OptimizerConfig& opt() { return opt_; }
-    index_t target_cols() const { return loss_ == LossKind::SparseCategoricalCrossentropy ? 1 : layers_.back().out; }
+    index_t target_cols() const { return is_sparse(loss_) ? 1 : layers_.back().out; }
+    // Huber's delta and Keras's label_smoothing (cross-entropies: y (1 - s) + s k, k = 1/2 for the
+    // binary one, 1/classes for the categorical one), applied to the loss only, not the metrics.
+    void set_loss_options(double huber_delta, double label_smoothing) {
+        require(huber_delta > 0, "Huber's delta must be positive; received " + std::to_string(huber_delta) + ".");
+        require(label_smoothing >= 0 && label_smoothing <= 1,
+                "label_smoothing must be in [0, 1]; received " + std::to_string(label_smoothing) + ".");
+        require(label_smoothing == 0 || !is_sparse(loss_), "label_smoothing does not apply to sparse labels.");
+        huber_delta_ = huber_delta;
+        label_smoothing_ = label_smoothing;
+    }
     // Held by every public operation of the bindings: a model is used by one thread at a time.
     std::mutex& mutex() { return mutex_; }
 
@@ -73,6 +83,8 @@ protected:
     std::vector<index_t> w_off_, b_off_;
     std::mutex mutex_;
     std::function<bool()> interrupted_;
+    double huber_delta_ = 1.0;
+    double label_smoothing_ = 0.0;
 
     // The first layer with a NaN or infinite value in `arena` (params_ or grads_): writes the
     // layer index and "kernel"/"bias" into sums; leaves them unset when every value is finite.

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -109,11 +110,56 @@ inline T categorical_loss_row(LossKind kind, const T* p, const T* y, index_t C) 
 // Sum over the B rows of the per-sample losses. The elementwise losses (binary cross-entropy,
 // squared error) compute their terms in one flat pass into `work` (B*C) so that it vectorizes
 // however few columns there are; each row's terms are then summed in column order.
+// log(sum_j exp(z_j)) of one row, stably: m + log(sum exp(z - m)).
 template <typename T>
-double loss_sum(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C, std::vector<T>& work) {
+inline T log_sum_exp(const T* z, index_t C) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (index_t j = 0; j < C; ++j) m = std::max(m, z[j]);
+    T s = 0;
+    for (index_t j = 0; j < C; ++j) s += vexp(z[j] - m);
+    return m + vlog(s);
+}
+
+// Per-sample categorical cross-entropy on logits (log-softmax, no clipping), as Keras's
+// from_logits=True: sum_j y_j (lse - z_j), or lse - z_label for the sparse loss.
+template <typename T>
+inline T categorical_logits_row(LossKind kind, const T* z, const T* y, index_t C) {
+    const T lse = log_sum_exp(z, C);
+    if (kind == LossKind::SparseCategoricalCrossentropyLogits) return lse - z[static_cast<index_t>(y[0])];
+    T s = 0;
+    for (index_t j = 0; j < C; ++j) s += y[j] * (z[j] - lse);
+    return -s;
+}
+
+// Elementwise terms of the losses averaged over columns (Keras 3 definitions):
+//   BCE on logits: max(z, 0) - z y + log(1 + exp(-|z|));  MAE: |p - y|;
+//   Huber: 0.5 e^2 where |e| <= delta, else delta |e| - 0.5 delta^2, e = p - y.
+template <typename T>
+inline T elementwise_term(LossKind kind, T p, T y, T delta) {
+    const T e = p - y;
+    switch (kind) {
+        case LossKind::BinaryCrossentropyLogits:
+            return (std::max(p, T(0)) - p * y) + vlog(T(1) + vexp(-std::abs(p)));
+        case LossKind::MeanAbsoluteError: return std::abs(e);
+        case LossKind::Huber:
+            return std::abs(e) <= delta ? T(0.5) * (e * e) : delta * std::abs(e) - T(0.5) * (delta * delta);
+        default: return e * e;  // MeanSquaredError
+    }
+}
+
+// Sum over the B rows of the per-sample losses. The elementwise losses (binary cross-entropy,
+// squared error, ...) compute their terms in one flat pass into `work` (B*C) so that it vectorizes
+// however few columns there are; each row's terms are then summed in column order.
+template <typename T>
+double loss_sum(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C, std::vector<T>& work,
+                T delta = T(1)) {
     double total = 0;
     if (kind == LossKind::CategoricalCrossentropy || kind == LossKind::SparseCategoricalCrossentropy) {
         for (index_t i = 0; i < B; ++i) total += categorical_loss_row(kind, P + i * C, Y + i * ycols, C);
+        return total;
+    }
+    if (kind == LossKind::CategoricalCrossentropyLogits || kind == LossKind::SparseCategoricalCrossentropyLogits) {
+        for (index_t i = 0; i < B; ++i) total += categorical_logits_row(kind, P + i * C, Y + i * ycols, C);
         return total;
     }
     const index_t n = B * C;
@@ -125,8 +171,10 @@ double loss_sum(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B,
         } else {
             for (index_t k = 0; k < n; ++k) t[k] = bce_term(P[k], Y[k]);
         }
-    } else {
+    } else if (kind == LossKind::MeanSquaredError) {
         for (index_t k = 0; k < n; ++k) t[k] = (P[k] - Y[k]) * (P[k] - Y[k]);
+    } else {
+        for (index_t k = 0; k < n; ++k) t[k] = elementwise_term(kind, P[k], Y[k], delta);
     }
     const T sign = kind == LossKind::BinaryCrossentropy ? T(-1) : T(1);
     for (index_t i = 0; i < B; ++i) {
@@ -139,9 +187,48 @@ double loss_sum(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B,
 
 // G (B, C) := dL/dP times scale, for the batch loss (zero where the clip is active).
 template <typename T>
-void loss_grad(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C, T scale, T* G) {
+void loss_grad(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C, T scale, T* G,
+               T delta = T(1)) {
     const index_t n = B * C;
     switch (kind) {
+        case LossKind::BinaryCrossentropyLogits: {  // d/dz = sigmoid(z) - y
+            const T s = scale / T(C);
+            for (index_t k = 0; k < n; ++k) G[k] = s * (T(1) / (T(1) + vexp(-P[k])) - Y[k]);
+            break;
+        }
+        case LossKind::CategoricalCrossentropyLogits:
+        case LossKind::SparseCategoricalCrossentropyLogits: {  // d/dz = softmax(z) sum(y) - y
+            const bool sparse = kind == LossKind::SparseCategoricalCrossentropyLogits;
+            for (index_t i = 0; i < B; ++i) {
+                const T* y = Y + i * ycols;
+                T* g = G + i * C;
+                for (index_t j = 0; j < C; ++j) g[j] = P[i * C + j];
+                softmax_row(g, C);
+                T ysum = 0;
+                if (!sparse)
+                    for (index_t j = 0; j < C; ++j) ysum += y[j];
+                const index_t label = sparse ? static_cast<index_t>(y[0]) : -1;
+                for (index_t j = 0; j < C; ++j)
+                    g[j] = sparse ? scale * (g[j] - T(j == label)) : scale * (g[j] * ysum - y[j]);
+            }
+            break;
+        }
+        case LossKind::MeanAbsoluteError: {  // sign(p - y), 0 at 0
+            const T s = scale / T(C);
+            for (index_t k = 0; k < n; ++k) {
+                const T e = P[k] - Y[k];
+                G[k] = s * (e > T(0) ? T(1) : (e < T(0) ? T(-1) : T(0)));
+            }
+            break;
+        }
+        case LossKind::Huber: {  // e where |e| <= delta, else delta sign(e)
+            const T s = scale / T(C);
+            for (index_t k = 0; k < n; ++k) {
+                const T e = P[k] - Y[k];
+                G[k] = s * (std::abs(e) <= delta ? e : (e > T(0) ? delta : -delta));
+            }
+            break;
+        }
         case LossKind::BinaryCrossentropy: {
             const T s = scale / T(C);
             if (all_binary(Y, n)) {
@@ -186,10 +273,10 @@ void loss_grad(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, 
 // PRE-activation Z (dZ (B, C) overwritten). Reference path: dL/dP, then the activation's backward.
 template <typename T>
 double output_loss_naive(LossKind kind, Act act, const T* P, const T* Y, index_t ycols, index_t B, index_t C,
-                         T scale, T* dZ, std::vector<T>& work) {
-    const double total = loss_sum(kind, P, Y, ycols, B, C, work);
+                         T scale, T* dZ, std::vector<T>& work, T delta = T(1)) {
+    const double total = loss_sum(kind, P, Y, ycols, B, C, work, delta);
     if (dZ) {
-        loss_grad(kind, P, Y, ycols, B, C, scale, dZ);
+        loss_grad(kind, P, Y, ycols, B, C, scale, dZ, delta);
         act_backward_rows(act, P, dZ, B, C);
     }
     return total;
@@ -199,11 +286,12 @@ double output_loss_naive(LossKind kind, Act act, const T* P, const T* Y, index_t
 // (sparse) categorical cross-entropy and sigmoid + binary cross-entropy.
 template <typename T>
 double output_loss(LossKind kind, Act act, const T* P, const T* Y, index_t ycols, index_t B, index_t C, T scale,
-                   T* dZ, std::vector<T>& work) {
+                   T* dZ, std::vector<T>& work, T delta = T(1)) {
     const bool softmax_ce = act == Act::Softmax && (kind == LossKind::CategoricalCrossentropy ||
                                                     kind == LossKind::SparseCategoricalCrossentropy);
     const bool sigmoid_bce = act == Act::Sigmoid && kind == LossKind::BinaryCrossentropy;
-    if (!dZ || !(softmax_ce || sigmoid_bce)) return output_loss_naive(kind, act, P, Y, ycols, B, C, scale, dZ, work);
+    if (!dZ || !(softmax_ce || sigmoid_bce))
+        return output_loss_naive(kind, act, P, Y, ycols, B, C, scale, dZ, work, delta);
     const double total = loss_sum(kind, P, Y, ycols, B, C, work);
     if (sigmoid_bce) {
         const T s = scale / T(C);

@@ -199,10 +199,30 @@ void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T
 
 // Loss of the B real lanes of P (C, L) against Y (yc, L) (yc = 1: class ids), summed over lanes in
 // ascending order; with dZ (C, L) not null, also the output layer's logit gradient, zero on the
-// padding lanes. work holds (C + 2) * L values. Same per-lane operations as output_loss.
+// padding lanes. work and row_work are scratch. Same per-lane operations as output_loss.
 template <typename T>
 double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_t B, index_t L, index_t C, T scale,
-                          T* dZ, std::vector<T>& work) {
+                          T* dZ, std::vector<T>& work, std::vector<T>& row_work, T delta = T(1)) {
+    if (kind != LossKind::BinaryCrossentropy && kind != LossKind::CategoricalCrossentropy &&
+        kind != LossKind::SparseCategoricalCrossentropy && kind != LossKind::MeanSquaredError) {
+        // The other losses exist row-major only: transpose the B real lanes in, and dZ back out.
+        const index_t yc = is_sparse(kind) ? 1 : C;
+        if (static_cast<index_t>(work.size()) < B * (2 * C + yc)) work.resize(B * (2 * C + yc));
+        T* pr = work.data();
+        T* yr = pr + B * C;
+        T* dr = yr + B * yc;
+        for (index_t c = 0; c < C; ++c)
+            for (index_t l = 0; l < B; ++l) pr[l * C + c] = P[c * L + l];
+        for (index_t c = 0; c < yc; ++c)
+            for (index_t l = 0; l < B; ++l) yr[l * yc + c] = Y[c * L + l];
+        const double total = output_loss(kind, act, pr, yr, yc, B, C, scale, dZ ? dr : nullptr, row_work, delta);
+        if (dZ)
+            for (index_t c = 0; c < C; ++c) {
+                for (index_t l = 0; l < B; ++l) dZ[c * L + l] = dr[l * C + c];
+                std::fill(dZ + c * L + B, dZ + (c + 1) * L, T(0));
+            }
+        return total;
+    }
     if (static_cast<index_t>(work.size()) < (C + 2) * L) work.resize((C + 2) * L);
     T* t = work.data();
     T* s = t + C * L;

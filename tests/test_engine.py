@@ -17,6 +17,12 @@ OUTPUTS = [
     ("sigmoid", "binary_crossentropy"),
     ("linear", "mean_squared_error"),
     ("softmax", "mean_squared_error"),
+    ("linear", "binary_crossentropy_from_logits"),
+    ("linear", "categorical_crossentropy_from_logits"),
+    ("linear", "sparse_categorical_crossentropy_from_logits"),
+    ("tanh", "categorical_crossentropy_from_logits"),
+    ("linear", "mean_absolute_error"),
+    ("tanh", "huber"),
 ]
 # Hidden widths: (2, 4, 4) is the seed's narrow path; (20, 24, 17) exceeds the narrow limit of 16.
 SHAPES = {"narrow": (2, 4, 4), "rowmajor": (20, 24, 17)}
@@ -30,11 +36,11 @@ def _problem(shape, out_act, loss, n, dtype, seed=0):
              (shape[2], classes, out_act, True)]
     x = rng.standard_normal((n, shape[0])).astype(dtype)
     labels = rng.integers(0, classes, n)
-    if loss == "sparse_categorical_crossentropy":
+    if loss.startswith("sparse"):
         y = labels.reshape(n, 1).astype(dtype)
-    elif loss == "mean_squared_error":
+    elif loss in ("mean_squared_error", "mean_absolute_error", "huber"):
         y = rng.standard_normal((n, classes)).astype(dtype)
-    elif loss == "binary_crossentropy" and out_act == "sigmoid":
+    elif loss.startswith("binary") and out_act != "softmax":
         y = (rng.random((n, classes)) < 0.5).astype(dtype)
     else:
         y = np.eye(classes, dtype=dtype)[labels]

@@ -1,19 +1,32 @@
-"""Losses by Keras name or class. Each runs natively, fused with the output activation where it can."""
+"""Losses by Keras name or class (Keras 3 definitions), each run natively, fused with the output
+activation where it can: cross-entropies on probabilities or on logits (``from_logits=True``) with
+``label_smoothing``, mean squared and absolute error, Huber."""
 
-_ALIASES = {
-    "binary_crossentropy": "binary_crossentropy",
-    "categorical_crossentropy": "categorical_crossentropy",
-    "sparse_categorical_crossentropy": "sparse_categorical_crossentropy",
-    "mean_squared_error": "mean_squared_error",
-    "mse": "mean_squared_error",
-}
+import numbers
 
 
 class Loss:
+    """Base class of the losses; ``get_config`` describes one."""
+
     name = None
 
+    def __init__(self, from_logits=False, label_smoothing=0.0):
+        if not isinstance(from_logits, bool):
+            raise TypeError(f"Expected `from_logits` to be True or False. Received: from_logits={from_logits!r}")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) or not (
+                0 <= label_smoothing <= 1):
+            raise ValueError(f"Expected `label_smoothing` in [0, 1]. Received: label_smoothing={label_smoothing!r}")
+        self.from_logits = from_logits
+        self.label_smoothing = float(label_smoothing)
+
+    def _engine_name(self):
+        return self.name + ("_from_logits" if self.from_logits else "")
+
+    def _engine_options(self):
+        return {"huber_delta": 1.0, "label_smoothing": self.label_smoothing}
+
     def get_config(self):
-        return {"name": self.name}
+        return {"name": self.name, "from_logits": self.from_logits, "label_smoothing": self.label_smoothing}
 
 
 class BinaryCrossentropy(Loss):
@@ -27,17 +40,60 @@ class CategoricalCrossentropy(Loss):
 class SparseCategoricalCrossentropy(Loss):
     name = "sparse_categorical_crossentropy"
 
+    def __init__(self, from_logits=False):
+        super().__init__(from_logits)
+
 
 class MeanSquaredError(Loss):
     name = "mean_squared_error"
 
+    def __init__(self):
+        super().__init__()
+
+
+class MeanAbsoluteError(Loss):
+    name = "mean_absolute_error"
+
+    def __init__(self):
+        super().__init__()
+
+
+class Huber(Loss):
+    """``0.5 e^2`` where ``|e| <= delta``, else ``delta * |e| - 0.5 delta^2``, averaged over the last axis."""
+
+    name = "huber"
+
+    def __init__(self, delta=1.0):
+        super().__init__()
+        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not delta > 0:
+            raise ValueError(f"Expected `delta` to be a positive number. Received: delta={delta!r}")
+        self.delta = float(delta)
+
+    def _engine_options(self):
+        return {"huber_delta": self.delta, "label_smoothing": 0.0}
+
+    def get_config(self):
+        return {"name": self.name, "delta": self.delta}
+
+
+_BY_NAME = {
+    "binary_crossentropy": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "mean_squared_error": MeanSquaredError,
+    "mse": MeanSquaredError,
+    "mean_absolute_error": MeanAbsoluteError,
+    "mae": MeanAbsoluteError,
+    "huber": Huber,
+}
+
 
 def get(identifier):
-    """Canonical loss name from a string (``'mse'``, ``'binary_crossentropy'``, ...) or a Loss instance."""
+    """A Loss instance from a name (``'mse'``, ``'binary_crossentropy'``, ...), a class or an instance."""
     if isinstance(identifier, Loss):
-        return identifier.name
+        return identifier
     if isinstance(identifier, type) and issubclass(identifier, Loss) and identifier.name:
-        return identifier.name
-    if isinstance(identifier, str) and identifier in _ALIASES:
-        return _ALIASES[identifier]
-    raise ValueError(f"Unknown loss {identifier!r}. Expected one of: {', '.join(_ALIASES)}.")
+        return identifier()
+    if isinstance(identifier, str) and identifier in _BY_NAME:
+        return _BY_NAME[identifier]()
+    raise ValueError(f"Unknown loss {identifier!r}. Expected one of: {', '.join(_BY_NAME)}, or a fastmlp.losses.Loss.")

@@ -156,7 +156,8 @@ class Sequential:
             raise ValueError("compile() needs a `loss`, e.g. loss='categorical_crossentropy'.")
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}. Expected one of: {', '.join(BACKENDS)}.")
-        loss_name = _losses.get(loss)
+        loss_object = _losses.get(loss)
+        loss_name = loss_object.name
         opt = _optimizers.get(optimizer)
         if metrics is None:
             metrics = []
@@ -168,6 +169,7 @@ class Sequential:
             raise ValueError("sparse_categorical_crossentropy needs an output layer with at least 2 units.")
         self.optimizer = opt
         self.loss = loss_name
+        self._loss = loss_object
         self._compile_args = {"metrics": list(metrics), "kinds": kinds, "backend": backend, "dtype": _backend.floatx()}
         self._engine = None
         if self.built:
@@ -186,9 +188,10 @@ class Sequential:
         cfg = self.optimizer._engine_config()
         if args["backend"] == "cpu":
             cls = _core.Engine64 if args["dtype"] == "float64" else _core.Engine32
-            engine = cls(specs, self.loss, args["kinds"], cfg, _backend.get_isa())
+            engine = cls(specs, self._loss._engine_name(), args["kinds"], cfg, _backend.get_isa())
         else:
-            engine = ReferenceEngine(specs, self.loss, args["kinds"], cfg, dtype=args["dtype"])
+            engine = ReferenceEngine(specs, self._loss._engine_name(), args["kinds"], cfg, dtype=args["dtype"])
+        engine.set_loss_options(**self._loss._engine_options())
         views = engine.weight_views("params")
         i = 0
         for layer in self._layers:

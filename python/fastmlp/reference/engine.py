@@ -18,6 +18,7 @@ class ReferenceEngine:
         self.metrics = list(metrics)
         self.optimizer = {"kind": "sgd", "learning_rate": 0.01, "initial_accumulator": 0.1, **optimizer}
         self.iterations = 0
+        self.huber_delta, self.label_smoothing = 1.0, 0.0
         self._offsets = []
         size = 0
         for n_in, n_out, _act, use_bias in self.layers:
@@ -35,7 +36,14 @@ class ReferenceEngine:
 
     @property
     def target_cols(self):
-        return 1 if self.loss == "sparse_categorical_crossentropy" else self.layers[-1][1]
+        return 1 if self.loss.startswith("sparse") else self.layers[-1][1]
+
+    def set_loss_options(self, huber_delta=1.0, label_smoothing=0.0):
+        self.huber_delta = float(huber_delta)
+        self.label_smoothing = float(label_smoothing)
+
+    def _loss_targets(self, y):
+        return K.smooth_labels(y, self.loss, self.label_smoothing, self.layers[-1][1])
 
     def set_option(self, name, value):
         self.optimizer[name] = value
@@ -66,7 +74,7 @@ class ReferenceEngine:
     def _forward_backward(self, x, y, metric_sums=None):
         acts = self._forward(x)
         p = acts[-1]
-        total, d = K.output_loss(p, y, self.loss, self.layers[-1][2])
+        total, d = K.output_loss(p, self._loss_targets(y), self.loss, self.layers[-1][2], self.huber_delta)
         if metric_sums is not None:
             for m, name in enumerate(self.metrics):
                 metric_sums[m] += float(K.accuracy_per_sample(p, y, name).sum())
@@ -158,7 +166,8 @@ class ReferenceEngine:
         for i in range(0, len(x), batch_size):
             p = self._forward(x[i : i + batch_size])[-1]
             yb = y[i : i + batch_size]
-            loss += float(K.loss_per_sample(p, yb, self.loss).astype(np.float64).sum())
+            loss += float(K.loss_per_sample(p, self._loss_targets(yb), self.loss, self.huber_delta)
+                          .astype(np.float64).sum())
             for m, name in enumerate(self.metrics):
                 metrics[m] += float(K.accuracy_per_sample(p, yb, name).sum())
         steps = -(-len(x) // batch_size)

@@ -78,9 +78,26 @@ def _sparse_onehot(y, c, dtype):
     return np.eye(c, dtype=dtype)[labels]
 
 
-def loss_per_sample(p, y, loss):
-    """Per-sample loss values (B,), Keras 3 definitions with clipping."""
+def _log_softmax(z):
+    m = z.max(axis=-1, keepdims=True)
+    return z - (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))
+
+
+def loss_per_sample(p, y, loss, delta=1.0):
+    """Per-sample loss values (B,), Keras 3 definitions with clipping (none on logits)."""
     one, eps = p.dtype.type(1), p.dtype.type(EPSILON)
+    if loss == "binary_crossentropy_from_logits":
+        return (np.maximum(p, 0) - p * y + np.log(one + np.exp(-np.abs(p)))).mean(axis=-1)
+    if loss in ("categorical_crossentropy_from_logits", "sparse_categorical_crossentropy_from_logits"):
+        if loss.startswith("sparse"):
+            y = _sparse_onehot(y, p.shape[-1], p.dtype)
+        return -(y * _log_softmax(p)).sum(axis=-1)
+    if loss == "mean_absolute_error":
+        return np.abs(p - y).mean(axis=-1)
+    if loss == "huber":
+        e = p - y
+        d = p.dtype.type(delta)
+        return np.where(np.abs(e) <= d, p.dtype.type(0.5) * e * e, d * np.abs(e) - p.dtype.type(0.5) * d * d).mean(-1)
     if loss == "binary_crossentropy":
         q = np.clip(p, eps, one - eps)
         return -(y * np.log(q) + (one - y) * np.log(one - q)).mean(axis=-1)
@@ -94,10 +111,22 @@ def loss_per_sample(p, y, loss):
     raise ValueError(f"Unknown loss {loss!r}")
 
 
-def loss_grad(p, y, loss):
+def loss_grad(p, y, loss, delta=1.0):
     """dL/dp for L = mean over the batch of the per-sample losses (zero where the clip is active)."""
     bsz, c = p.shape
     one, eps = p.dtype.type(1), p.dtype.type(EPSILON)
+    if loss == "binary_crossentropy_from_logits":
+        return (one / (one + np.exp(-p)) - y) / c / bsz
+    if loss in ("categorical_crossentropy_from_logits", "sparse_categorical_crossentropy_from_logits"):
+        if loss.startswith("sparse"):
+            y = _sparse_onehot(y, c, p.dtype)
+        return (act_forward(p, "softmax") * y.sum(axis=-1, keepdims=True) - y) / bsz
+    if loss == "mean_absolute_error":
+        return np.sign(p - y) / c / bsz
+    if loss == "huber":
+        e = p - y
+        d = p.dtype.type(delta)
+        return np.where(np.abs(e) <= d, e, d * np.sign(e)) / c / bsz
     if loss == "binary_crossentropy":
         clipped = (p < eps) | (p > one - eps)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -117,11 +146,20 @@ def loss_grad(p, y, loss):
     raise ValueError(f"Unknown loss {loss!r}")
 
 
-def output_loss(p, y, loss, act):
+def smooth_labels(y, loss, label_smoothing, classes):
+    """Keras's label smoothing of the targets the loss sees: y (1 - s) + s k, k = 1/2 (binary) or 1/classes."""
+    if not label_smoothing:
+        return y
+    k = 0.5 if loss.startswith("binary") else 1.0 / classes
+    s = y.dtype.type(label_smoothing)
+    return y * (y.dtype.type(1) - s) + s * y.dtype.type(k)
+
+
+def output_loss(p, y, loss, act, delta=1.0):
     """(sum of per-sample losses, dL/dz of the output layer): the fused paths' analytic gradients
     where they apply, else dL/dp through the activation's backward."""
     bsz, c = p.shape
-    total = float(loss_per_sample(p, y, loss).astype(np.float64).sum())
+    total = float(loss_per_sample(p, y, loss, delta).astype(np.float64).sum())
     if act == "softmax" and loss == "sparse_categorical_crossentropy":
         dz = (p - _sparse_onehot(y, c, p.dtype)) / bsz
     elif act == "softmax" and loss == "categorical_crossentropy":
@@ -129,7 +167,7 @@ def output_loss(p, y, loss, act):
     elif act == "sigmoid" and loss == "binary_crossentropy":
         dz = (p - y) / c / bsz
     else:
-        dz = act_backward(p, loss_grad(p, y, loss), act)
+        dz = act_backward(p, loss_grad(p, y, loss, delta), act)
     return total, dz.astype(p.dtype)
 
 
