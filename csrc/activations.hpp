@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "common.hpp"
 #include "mathfun.hpp"
@@ -29,13 +30,25 @@ inline void softmax_row(T* a, index_t n) {
 
 // One element of an elementwise activation (not softmax), the activation fixed at compile time so
 // that loops over elements vectorize: act_value(z) = act(z); act_grad(a, d) = d * act'(z) written
-// from the output a = act(z).
+// from the output a = act(z). Keras 3's definitions and defaults: leaky_relu slope 0.2, elu alpha
+// 1, selu's constants, hard_sigmoid = relu6(z + 3) / 6, softplus = log(1 + e^z).
+constexpr double kSeluScale = 1.0507009873554804934193349852946;
+constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
+constexpr double kLeakySlope = 0.2;
+
 template <Act A, typename T>
 inline T act_value(T z) {
     static_assert(A != Act::Softmax, "softmax is not elementwise");
     if constexpr (A == Act::Relu) return z > T(0) ? z : T(0);
     if constexpr (A == Act::Sigmoid) return T(1) / (T(1) + vexp(-z));
     if constexpr (A == Act::Tanh) return std::tanh(z);
+    if constexpr (A == Act::LeakyRelu) return z > T(0) ? z : T(kLeakySlope) * z;
+    if constexpr (A == Act::Elu) return z > T(0) ? z : vexp(z) - T(1);
+    if constexpr (A == Act::Selu) return z > T(0) ? T(kSeluScale) * z : T(kSeluScale * kSeluAlpha) * (vexp(z) - T(1));
+    if constexpr (A == Act::HardSigmoid) return std::min(std::max(z + T(3), T(0)), T(6)) / T(6);
+    if constexpr (A == Act::Softplus) return std::log1p(vexp(-std::abs(z))) + std::max(z, T(0));
+    if constexpr (A == Act::Softsign) return z / (T(1) + std::abs(z));
+    if constexpr (A == Act::Exponential) return vexp(z);
     return z;
 }
 
@@ -45,50 +58,61 @@ inline T act_grad(T a, T d) {
     if constexpr (A == Act::Relu) return a > T(0) ? d : T(0);
     if constexpr (A == Act::Sigmoid) return d * (a * (T(1) - a));
     if constexpr (A == Act::Tanh) return d * (T(1) - a * a);
+    if constexpr (A == Act::LeakyRelu) return a > T(0) ? d : T(kLeakySlope) * d;
+    if constexpr (A == Act::Elu) return a > T(0) ? d : d * (a + T(1));
+    if constexpr (A == Act::Selu) return a > T(0) ? T(kSeluScale) * d : d * (a + T(kSeluScale * kSeluAlpha));
+    if constexpr (A == Act::HardSigmoid) return a > T(0) && a < T(1) ? d / T(6) : T(0);
+    if constexpr (A == Act::Softplus) return d * -std::expm1(-a);  // sigmoid(z) = 1 - e^-a, exactly
+    if constexpr (A == Act::Softsign) return d * ((T(1) - std::abs(a)) * (T(1) - std::abs(a)));
+    if constexpr (A == Act::Exponential) return d * a;
     return d;
+}
+
+// Calls f(std::integral_constant<Act, A>{}) with the elementwise activation `act` fixed at compile
+// time (softmax maps to Linear: callers handle it themselves).
+template <typename F>
+inline void with_act(Act act, F&& f) {
+    switch (act) {
+        case Act::Relu: f(std::integral_constant<Act, Act::Relu>{}); break;
+        case Act::Sigmoid: f(std::integral_constant<Act, Act::Sigmoid>{}); break;
+        case Act::Tanh: f(std::integral_constant<Act, Act::Tanh>{}); break;
+        case Act::LeakyRelu: f(std::integral_constant<Act, Act::LeakyRelu>{}); break;
+        case Act::Elu: f(std::integral_constant<Act, Act::Elu>{}); break;
+        case Act::Selu: f(std::integral_constant<Act, Act::Selu>{}); break;
+        case Act::HardSigmoid: f(std::integral_constant<Act, Act::HardSigmoid>{}); break;
+        case Act::Softplus: f(std::integral_constant<Act, Act::Softplus>{}); break;
+        case Act::Softsign: f(std::integral_constant<Act, Act::Softsign>{}); break;
+        case Act::Exponential: f(std::integral_constant<Act, Act::Exponential>{}); break;
+        case Act::Linear:
+        case Act::Softmax: f(std::integral_constant<Act, Act::Linear>{}); break;
+    }
 }
 
 // Forward: A := act(A) in place on one row of n pre-activations (Z in, A out).
 template <typename T>
 inline void act_forward_row(Act act, T* a, index_t n) {
-    switch (act) {
-        case Act::Linear: break;
-        case Act::Relu:
-            for (index_t j = 0; j < n; ++j) a[j] = act_value<Act::Relu>(a[j]);
-            break;
-        case Act::Sigmoid:
-            for (index_t j = 0; j < n; ++j) a[j] = act_value<Act::Sigmoid>(a[j]);
-            break;
-        case Act::Tanh:
-            for (index_t j = 0; j < n; ++j) a[j] = act_value<Act::Tanh>(a[j]);
-            break;
-        case Act::Softmax: softmax_row(a, n); break;
+    if (act == Act::Softmax) {
+        softmax_row(a, n);
+        return;
     }
+    with_act(act, [&](auto A) {
+        for (index_t j = 0; j < n; ++j) a[j] = act_value<decltype(A)::value>(a[j]);
+    });
 }
 
-// Backward: d := d * act'(Z), on one row, with act' written from the output a = act(Z).
-//   relu: a > 0;  sigmoid: a(1-a);  tanh: 1-a^2;  softmax (Jacobian-vector product): a*(d - sum(d*a)).
-// d holds dL/dA on entry and dL/dZ on exit.
+// Backward: d := d * act'(Z), on one row, with act' written from the output a = act(Z)
+// (softmax, a Jacobian-vector product: a * (d - sum(d * a))). d holds dL/dA on entry and dL/dZ on exit.
 template <typename T>
 inline void act_backward_row(Act act, const T* a, T* d, index_t n) {
-    switch (act) {
-        case Act::Linear: break;
-        case Act::Relu:
-            for (index_t j = 0; j < n; ++j) d[j] = act_grad<Act::Relu>(a[j], d[j]);
-            break;
-        case Act::Sigmoid:
-            for (index_t j = 0; j < n; ++j) d[j] = act_grad<Act::Sigmoid>(a[j], d[j]);
-            break;
-        case Act::Tanh:
-            for (index_t j = 0; j < n; ++j) d[j] = act_grad<Act::Tanh>(a[j], d[j]);
-            break;
-        case Act::Softmax: {
-            T dot = 0;
-            for (index_t j = 0; j < n; ++j) dot += d[j] * a[j];
-            for (index_t j = 0; j < n; ++j) d[j] = a[j] * (d[j] - dot);
-            break;
-        }
+    if (act == Act::Softmax) {
+        T dot = 0;
+        for (index_t j = 0; j < n; ++j) dot += d[j] * a[j];
+        for (index_t j = 0; j < n; ++j) d[j] = a[j] * (d[j] - dot);
+        return;
     }
+    with_act(act, [&](auto A) {
+        for (index_t j = 0; j < n; ++j) d[j] = act_grad<decltype(A)::value>(a[j], d[j]);
+    });
 }
 
 // The same over a (rows, cols) row-major block. Elementwise activations run as one flat loop

@@ -45,7 +45,10 @@ namespace fastmlp {
 
 using index_t = std::int64_t;
 
-enum class Act { Linear, Relu, Sigmoid, Tanh, Softmax };
+enum class Act {
+    Linear, Relu, Sigmoid, Tanh, Softmax,
+    LeakyRelu, Elu, Selu, HardSigmoid, Softplus, Softsign, Exponential,
+};
 enum class LossKind {
     BinaryCrossentropy,
     CategoricalCrossentropy,

@@ -89,8 +89,16 @@ Act parse_act(const std::string& name) {
     if (name == "sigmoid") return Act::Sigmoid;
     if (name == "tanh") return Act::Tanh;
     if (name == "softmax") return Act::Softmax;
+    if (name == "leaky_relu") return Act::LeakyRelu;
+    if (name == "elu") return Act::Elu;
+    if (name == "selu") return Act::Selu;
+    if (name == "hard_sigmoid") return Act::HardSigmoid;
+    if (name == "softplus") return Act::Softplus;
+    if (name == "softsign") return Act::Softsign;
+    if (name == "exponential") return Act::Exponential;
     throw std::invalid_argument("Unknown activation '" + name +
-                                "'. Expected one of: linear, relu, sigmoid, tanh, softmax.");
+                                "'. Expected one of: linear, relu, sigmoid, tanh, softmax, leaky_relu, elu, selu, "
+                                "hard_sigmoid, softplus, softsign, exponential.");
 }
 
 LossKind parse_loss(const std::string& name) {

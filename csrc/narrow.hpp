@@ -130,12 +130,7 @@ void narrow_dense_forward(T* Z, const T* X, const T* W, const T* b, index_t L, i
         const T* x = X + (K - 1) * L;
         const T w = W[(K - 1) * N + n];
         const T* bn = b ? b + n : nullptr;
-        switch (fused) {
-            case Act::Relu: last_pass<Act::Relu>(z, x, w, bn, K == 1, L); break;
-            case Act::Sigmoid: last_pass<Act::Sigmoid>(z, x, w, bn, K == 1, L); break;
-            case Act::Tanh: last_pass<Act::Tanh>(z, x, w, bn, K == 1, L); break;
-            default: last_pass<Act::Linear>(z, x, w, bn, K == 1, L); break;
-        }
+        with_act(fused, [&](auto A) { last_pass<decltype(A)::value>(z, x, w, bn, K == 1, L); });
     }
     if (act == Act::Softmax) narrow_softmax(Z, N, L, tmp);
 }
@@ -187,12 +182,7 @@ void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T
         const T* d = dZ + (N - 1) * L;
         const T w = W[k * N + N - 1];
         const T* a = A_prev + k * L;
-        switch (fused) {
-            case Act::Relu: last_grad_pass<Act::Relu>(dx, d, w, a, N == 1, L); break;
-            case Act::Sigmoid: last_grad_pass<Act::Sigmoid>(dx, d, w, a, N == 1, L); break;
-            case Act::Tanh: last_grad_pass<Act::Tanh>(dx, d, w, a, N == 1, L); break;
-            default: last_grad_pass<Act::Linear>(dx, d, w, a, N == 1, L); break;
-        }
+        with_act(fused, [&](auto A) { last_grad_pass<decltype(A)::value>(dx, d, w, a, N == 1, L); });
     }
     if (act_prev == Act::Softmax) narrow_softmax_backward(A_prev, dX, K, L, tmp);
 }

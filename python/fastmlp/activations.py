@@ -2,7 +2,8 @@
 
 from .reference import kernels as _ref
 
-ALL = ("linear", "relu", "sigmoid", "tanh", "softmax")
+ALL = ("linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "elu", "selu", "hard_sigmoid", "softplus",
+       "softsign", "exponential")
 
 
 def _make(name):
@@ -19,8 +20,16 @@ relu = _make("relu")
 sigmoid = _make("sigmoid")
 tanh = _make("tanh")
 softmax = _make("softmax")
+leaky_relu = _make("leaky_relu")
+elu = _make("elu")
+selu = _make("selu")
+hard_sigmoid = _make("hard_sigmoid")
+softplus = _make("softplus")
+softsign = _make("softsign")
+exponential = _make("exponential")
 
-_BY_FUNCTION = {linear: "linear", relu: "relu", sigmoid: "sigmoid", tanh: "tanh", softmax: "softmax"}
+_BY_FUNCTION = {globals()[name]: name for name in ALL}
+_MISSING = ("gelu", "swish", "silu")  # their derivatives need the pre-activation: not in the engine yet
 
 
 def get(identifier):
@@ -30,6 +39,8 @@ def get(identifier):
     if isinstance(identifier, str):
         if identifier in ALL:
             return identifier
+        if identifier in _MISSING:
+            raise ValueError(f"The {identifier!r} activation is not supported by fastmlp yet. Supported: {', '.join(ALL)}.")
         raise ValueError(
             f"Unknown activation {identifier!r}. Expected one of {', '.join(ALL)} (or None for linear)."
         )

@@ -10,6 +10,8 @@ they are given (float32 for training, float64 for gradient checks).
 import numpy as np
 
 EPSILON = 1e-7
+SELU_SCALE = 1.0507009873554804934193349852946
+SELU_ALPHA = 1.6732632423543772848170429916717
 
 
 def as_float(x):
@@ -32,6 +34,22 @@ def act_forward(z, act):
     if act == "softmax":
         e = np.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
+    one = z.dtype.type(1)
+    if act == "leaky_relu":
+        return np.where(z > 0, z, z.dtype.type(0.2) * z)
+    if act == "elu":
+        return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
+    if act == "selu":
+        scale, alpha = z.dtype.type(SELU_SCALE), z.dtype.type(SELU_ALPHA)
+        return np.where(z > 0, scale * z, scale * alpha * np.expm1(np.minimum(z, 0)))
+    if act == "hard_sigmoid":
+        return np.clip(z + 3, 0, 6) / z.dtype.type(6)
+    if act == "softplus":
+        return np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0)
+    if act == "softsign":
+        return z / (one + np.abs(z))
+    if act == "exponential":
+        return np.exp(z)
     raise ValueError(f"Unknown activation {act!r}")
 
 
@@ -47,6 +65,21 @@ def act_backward(a, da, act):
         return da * (1 - a * a)
     if act == "softmax":
         return a * (da - (da * a).sum(axis=-1, keepdims=True))
+    one = a.dtype.type(1)
+    if act == "leaky_relu":
+        return np.where(a > 0, da, a.dtype.type(0.2) * da)
+    if act == "elu":
+        return np.where(a > 0, da, da * (a + one))
+    if act == "selu":
+        return np.where(a > 0, a.dtype.type(SELU_SCALE) * da, da * (a + a.dtype.type(SELU_SCALE * SELU_ALPHA)))
+    if act == "hard_sigmoid":
+        return np.where((a > 0) & (a < 1), da / a.dtype.type(6), 0).astype(a.dtype)
+    if act == "softplus":
+        return da * -np.expm1(-a)
+    if act == "softsign":
+        return da * (one - np.abs(a)) ** 2
+    if act == "exponential":
+        return da * a
     raise ValueError(f"Unknown activation {act!r}")
 
 
