@@ -184,9 +184,9 @@ def main(argv=None):
 
     data = digits_data(args.seed)
     steps = EPOCHS * -(-len(data[0]) // BATCH)
-    print(f"workload: digits 64-256-128-10 relu/relu/softmax, sparse_categorical_crossentropy, Adam(learning_rate={LR}), "
-          f"{len(data[0])} images, {EPOCHS} epochs x batch {BATCH} = {steps} steps; test on {len(data[2])} held-out "
-          "images")
+    print(f"workload: digits 64-256-128-10 relu/relu/softmax, sparse_categorical_crossentropy, "
+          f"Adam(learning_rate={LR}), {len(data[0])} images, {EPOCHS} epochs x batch {BATCH} = {steps} steps; "
+          f"test on {len(data[2])} held-out images")
     fastmlp.utils.set_random_seed(args.seed)
     weights = fastmlp_model().get_weights()
     shuffle_seed = args.seed + 1

@@ -21,8 +21,6 @@ import os
 import sys
 import time
 
-import numpy
-
 import fastmlp.optimizers
 import fastmlp.plot
 import fastmlp.utils
