@@ -64,57 +64,69 @@ inline void micro_tile(T* C, index_t ldc, index_t ncols, const T* A, index_t rs,
         for (int v = 0; v < NV; ++v) acc[r][v] = vec{} ;
     for (index_t p = 0; p < P; ++p) {
         vec b[NV];
-        std::memcpy(b, Bp + p * ldb, sizeof(b));
+        for (int v = 0; v < NV; ++v) std::memcpy(&b[v], Bp + p * ldb + v * W, sizeof(vec));
         for (int r = 0; r < MR; ++r) {
             const T a = A[r * rs + p * cs];
             for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
         }
     }
     if (bias) {
-        vec bv[NV];
-        std::memcpy(bv, bias, sizeof(bv));
-        for (int r = 0; r < MR; ++r)
-            for (int v = 0; v < NV; ++v) acc[r][v] += bv[v];
+        for (int v = 0; v < NV; ++v) {
+            vec bv;
+            std::memcpy(&bv, bias + v * W, sizeof(bv));
+            for (int r = 0; r < MR; ++r) acc[r][v] += bv;
+        }
     }
+    // Stores go through copies: taking the accumulators' own address would keep them in memory
+    // (spilled) through the whole p loop.
     if (ncols >= NV * W) {
-        for (int r = 0; r < MR; ++r) std::memcpy(C + r * ldc, acc[r], sizeof(acc[r]));
+        for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < NV; ++v) {
+                const vec out = acc[r][v];
+                std::memcpy(C + r * ldc + v * W, &out, sizeof(out));
+            }
     } else {
         for (int r = 0; r < MR; ++r) {
             T tile[NV * W];
-            std::memcpy(tile, acc[r], sizeof(tile));
+            for (int v = 0; v < NV; ++v) {
+                const vec out = acc[r][v];
+                std::memcpy(tile + v * W, &out, sizeof(out));
+            }
             for (index_t j = 0; j < ncols; ++j) C[r * ldc + j] = tile[j];
         }
     }
-}
-
-template <typename T, int MR>
-inline void micro_row_block(T* C, index_t ldc, index_t N, const T* A, index_t rs, index_t cs,
-                            const T* Bp, index_t ldb, index_t P, const T* bias) {
-    constexpr index_t W = Simd<T>::width;
-    index_t j = 0;
-    for (; j + 2 * W <= ldb; j += 2 * W)
-        micro_tile<T, MR, 2>(C + j, ldc, N - j, A, rs, cs, Bp + j, ldb, P, bias ? bias + j : nullptr);
-    if (j < ldb)
-        micro_tile<T, MR, 1>(C + j, ldc, N - j, A, rs, cs, Bp + j, ldb, P, bias ? bias + j : nullptr);
 }
 
 // Product with a packed right operand.
 //   C (M, N), row stride ldc, overwritten:  C[m, n] := sum_{p<P} A[m*rs + p*cs] * Bp[p, n]  (+ bias[n])
 //   A: (M, P) addressed through strides (rs, cs), so A may be a transposed view.
 //   Bp: (P, Np) packed by pack_panel (Np = round_up(N, width), zero padding). bias: (Np,) padded, or null.
-template <typename T>
-void gemm_packed(T* C, index_t ldc, const T* A, index_t rs, index_t cs, const T* Bp, index_t M,
-                 index_t N, index_t P, const T* bias) {
-    const index_t ldb = round_up(N, Simd<T>::width);
+// Loop order: each panel of 2 vectors' width (P rows of one cache line each) stays in cache while
+// every row block of A sweeps it.
+template <typename T, int NV>
+inline void gemm_panel(T* C, index_t ldc, index_t ncols, const T* A, index_t rs, index_t cs, const T* Bp, index_t ldb,
+                       index_t M, index_t P, const T* bias) {
     index_t m = 0;
-    for (; m + 4 <= M; m += 4)
-        micro_row_block<T, 4>(C + m * ldc, ldc, N, A + m * rs, rs, cs, Bp, ldb, P, bias);
-    const index_t left = M - m;
+    for (; m + 4 <= M; m += 4) micro_tile<T, 4, NV>(C + m * ldc, ldc, ncols, A + m * rs, rs, cs, Bp, ldb, P, bias);
     T* c = C + m * ldc;
     const T* a = A + m * rs;
-    if (left == 3) micro_row_block<T, 3>(c, ldc, N, a, rs, cs, Bp, ldb, P, bias);
-    if (left == 2) micro_row_block<T, 2>(c, ldc, N, a, rs, cs, Bp, ldb, P, bias);
-    if (left == 1) micro_row_block<T, 1>(c, ldc, N, a, rs, cs, Bp, ldb, P, bias);
+    switch (M - m) {
+        case 3: micro_tile<T, 3, NV>(c, ldc, ncols, a, rs, cs, Bp, ldb, P, bias); break;
+        case 2: micro_tile<T, 2, NV>(c, ldc, ncols, a, rs, cs, Bp, ldb, P, bias); break;
+        case 1: micro_tile<T, 1, NV>(c, ldc, ncols, a, rs, cs, Bp, ldb, P, bias); break;
+        default: break;
+    }
+}
+
+template <typename T>
+void gemm_packed(T* C, index_t ldc, const T* A, index_t rs, index_t cs, const T* Bp, index_t M, index_t N, index_t P,
+                 const T* bias) {
+    constexpr index_t W = Simd<T>::width;
+    const index_t ldb = round_up(N, W);
+    index_t j = 0;
+    for (; j + 2 * W <= ldb; j += 2 * W)
+        gemm_panel<T, 2>(C + j, ldc, N - j, A, rs, cs, Bp + j, ldb, M, P, bias ? bias + j : nullptr);
+    if (j < ldb) gemm_panel<T, 1>(C + j, ldc, N - j, A, rs, cs, Bp + j, ldb, M, P, bias ? bias + j : nullptr);
 }
 
 // db (N,) := sum over the P rows of the packed panel Bp (P, Np), rows added in ascending order.
