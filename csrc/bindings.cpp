@@ -108,11 +108,24 @@ template <typename T>
 void bind_engine(py::module_& m, const char* name) {
     using E = EngineBase<T>;
     py::class_<E>(m, name)
-        .def(py::init([](const std::vector<std::tuple<index_t, index_t, std::string, bool>>& specs,
-                         const std::string& loss, const std::vector<std::string>& metrics, const py::dict& optimizer,
-                         const std::string& isa) {
+        .def(py::init([](const std::vector<py::tuple>& specs, const std::string& loss,
+                         const std::vector<std::string>& metrics, const py::dict& optimizer, const std::string& isa) {
+                 // Each layer: (in, out, activation, use_bias[, kernel_l1, kernel_l2, bias_l1, bias_l2]).
                  std::vector<LayerSpec> layers;
-                 for (const auto& [in, out, act, bias] : specs) layers.push_back({in, out, parse_act(act), bias});
+                 for (const py::tuple& t : specs) {
+                     if (t.size() != 4 && t.size() != 8)
+                         throw std::invalid_argument("A layer spec has 4 or 8 fields; received " +
+                                                     std::to_string(t.size()) + ".");
+                     LayerSpec spec{t[0].cast<index_t>(), t[1].cast<index_t>(), parse_act(t[2].cast<std::string>()),
+                                    t[3].cast<bool>()};
+                     if (t.size() == 8) {
+                         spec.kernel_l1 = t[4].cast<double>();
+                         spec.kernel_l2 = t[5].cast<double>();
+                         spec.bias_l1 = t[6].cast<double>();
+                         spec.bias_l2 = t[7].cast<double>();
+                     }
+                     layers.push_back(spec);
+                 }
                  std::vector<MetricKind> ms;
                  for (const auto& s : metrics) ms.push_back(parse_metric(s));
                  OptimizerConfig c;

@@ -76,6 +76,8 @@ struct LayerSpec {
     index_t out = 0;
     Act act = Act::Linear;
     bool use_bias = true;
+    // Keras's L1/L2 weight penalties: l1 * sum|w| + l2 * sum w^2, added to the loss (no 1/2).
+    double kernel_l1 = 0, kernel_l2 = 0, bias_l1 = 0, bias_l2 = 0;
 };
 
 enum class OptKind { SGD, Adam, RMSprop, Adagrad };

@@ -57,6 +57,22 @@ void Engine<T>::check_labels(const T* Y, index_t n) const {
         check_sparse_labels(Y, n, target_cols(), layers_.back().out);
 }
 
+// The layers' weight penalties (Keras's regularization losses), with their gradients added to
+// grads_ when asked.
+template <typename T>
+double Engine<T>::penalties(bool add_gradients) {
+    double total = 0;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const LayerSpec& s = layers_[l];
+        total += weight_penalty(params_.data() + w_off_[l], add_gradients ? grads_.data() + w_off_[l] : nullptr,
+                                s.in * s.out, s.kernel_l1, s.kernel_l2);
+        if (s.use_bias)
+            total += weight_penalty(params_.data() + b_off_[l], add_gradients ? grads_.data() + b_off_[l] : nullptr,
+                                    s.out, s.bias_l1, s.bias_l2);
+    }
+    return total;
+}
+
 // The targets the loss sees: Y itself, or a label-smoothed copy of its n values.
 template <typename T>
 const T* Engine<T>::loss_targets(const T* Y, index_t n) {
@@ -207,7 +223,9 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
         const index_t B = std::min(batch_size_, n - start);
         const std::uint32_t* idx = order_.data() + start;
         std::fill(step_metrics.begin(), step_metrics.end(), 0.0);
-        const double loss = batch_gradients(X, Y, idx, B, &step_metrics);
+        // The batch's loss, as Keras reports it: the mean over its samples plus the weight
+        // penalties (computed with the weights before this update), times B for the epoch's sum.
+        const double loss = batch_gradients(X, Y, idx, B, &step_metrics) + double(B) * penalties(true);
         if (!std::isfinite(loss)) {
             // TerminateOnNaN, but the weights stay those before this batch.
             sums_.stop = StopReason::NonFiniteLoss;
@@ -272,7 +290,8 @@ EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_s
         const index_t B = std::min(chunk, n - start);
         const T* P = forward(X + start * K, B, acts);
         const T* y = Y + start * yc;
-        sums.loss += loss_sum(loss_, P, loss_targets(y, B * yc), yc, B, C, loss_work_, T(huber_delta_));
+        sums.loss += loss_sum(loss_, P, loss_targets(y, B * yc), yc, B, C, loss_work_, T(huber_delta_)) +
+                     double(B) * penalties(false);
         for (std::size_t m = 0; m < metrics_.size(); ++m) sums.metrics[m] += accuracy_sum(metrics_[m], P, y, yc, B, C);
         sums.samples += B;
     }
@@ -288,7 +307,7 @@ double Engine<T>::compute_gradients(const T* X, const T* Y, index_t n) {
     ensure_batch(n);
     std::vector<std::uint32_t> all(n);
     for (index_t i = 0; i < n; ++i) all[i] = static_cast<std::uint32_t>(i);
-    return batch_gradients(X, Y, all.data(), n, nullptr);
+    return batch_gradients(X, Y, all.data(), n, nullptr) + double(n) * penalties(true);
 }
 
 template <typename T>

@@ -47,6 +47,7 @@ private:
                            std::vector<double>* metric_sums);
     void check_labels(const T* Y, index_t n) const;
     const T* loss_targets(const T* Y, index_t n);
+    double penalties(bool add_gradients);
 
     // Tiny networks train on the feature-major kernels of narrow.hpp (decided by the widths alone,
     // so a given model always takes the same path and gives the same bits).

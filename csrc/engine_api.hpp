@@ -70,7 +70,8 @@ public:
     // Inference: out (n, out_last) overwritten. evaluate returns loss and metric sums over n.
     virtual void predict(const T* X, index_t n, T* out, index_t batch_size) = 0;
     virtual EpochSums evaluate(const T* X, const T* Y, index_t n, index_t batch_size) = 0;
-    // One forward + backward on the given rows without updating: fills grads(), returns the loss sum.
+    // One forward + backward on the given rows without updating: fills grads(), returns the loss sum
+    // (weight penalties included, times n, as in training).
     virtual double compute_gradients(const T* X, const T* Y, index_t n) = 0;
 
 protected:

@@ -137,6 +137,36 @@ T sum_squares(const T* x, index_t n) {
     return p[0] + p[1];
 }
 
+// Sum of |x[i]| over n values, in sum_squares's fixed order.
+template <typename T>
+T sum_abs(const T* x, index_t n) {
+    T p[16] = {};
+    const index_t full = n / 16 * 16;
+    for (index_t i = 0; i < full; i += 16)
+        for (int j = 0; j < 16; ++j) p[j] += std::abs(x[i + j]);
+    for (index_t i = full; i < n; ++i) p[i - full] += std::abs(x[i]);
+    for (int j = 0; j < 8; ++j) p[j] += p[j + 8];
+    for (int j = 0; j < 4; ++j) p[j] += p[j + 4];
+    for (int j = 0; j < 2; ++j) p[j] += p[j + 2];
+    return p[0] + p[1];
+}
+
+// A weight array's L1/L2 penalty, l1 sum|w| + l2 sum w^2 (returned), and its gradient
+// l1 sign(w) + 2 l2 w added to g when g is not null.
+template <typename T>
+double weight_penalty(const T* w, T* g, index_t n, double l1, double l2) {
+    if (l1 == 0 && l2 == 0) return 0;
+    const double penalty = l1 * double(sum_abs(w, n)) + l2 * double(sum_squares(w, n));
+    if (g) {
+        const T a = T(l1), b = T(2 * l2);
+        for (index_t i = 0; i < n; ++i) {
+            const T sign = w[i] > T(0) ? T(1) : (w[i] < T(0) ? T(-1) : T(0));
+            g[i] += a * sign + b * w[i];
+        }
+    }
+    return penalty;
+}
+
 // Keras 3's gradient clipping, in place on the gradient arena g; `segments` lists each weight
 // array as (offset, size):
 //   clipnorm c (per array):  g *= c / max(||g||, c)

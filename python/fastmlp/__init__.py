@@ -6,7 +6,7 @@
 """
 
 from . import _core, activations, backend, callbacks, initializers, layers, losses, metrics, models, optimizers
-from . import plot, reference, utils
+from . import plot, reference, regularizers, utils
 from .backend import cpu_info
 from .layers import Dense, Input
 from .models import Sequential
@@ -25,6 +25,7 @@ __all__ = [
     "optimizers",
     "plot",
     "reference",
+    "regularizers",
     "utils",
     "Dense",
     "Input",

@@ -180,7 +180,14 @@ class Sequential:
         return self._compile_args is not None
 
     def _specs(self):
-        return [(layer.input_dim, layer.units, layer.activation, layer.use_bias) for layer in self._layers]
+        """Each layer for the engine: (in, out, activation, use_bias, kernel l1, l2, bias l1, l2)."""
+
+        def coefficients(regularizer):
+            return (regularizer.l1, regularizer.l2) if regularizer is not None else (0.0, 0.0)
+
+        return [(layer.input_dim, layer.units, layer.activation, layer.use_bias,
+                 *coefficients(layer.kernel_regularizer), *coefficients(layer.bias_regularizer))
+                for layer in self._layers]
 
     def _make_engine(self):
         args = self._compile_args

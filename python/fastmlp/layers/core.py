@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .. import activations, initializers
+from .. import activations, initializers, regularizers
 
 _NAME_COUNTS = {}
 
@@ -85,13 +85,15 @@ class Dense(Layer):
         use_bias: whether the layer has a bias vector.
         kernel_initializer: initializer of the kernel, shape ``(input_dim, units)``.
         bias_initializer: initializer of the bias, shape ``(units,)``.
+        kernel_regularizer, bias_regularizer: ``fastmlp.regularizers`` penalties added to the loss.
         input_dim, input_shape: the input size, on the first layer of a ``Sequential``.
     """
 
     _name_prefix = "dense"
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", input_dim=None, input_shape=None, name=None, **kwargs):
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, input_dim=None,
+                 input_shape=None, name=None, **kwargs):
         if kwargs:
             raise TypeError(f"Dense got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
         super().__init__(name)
@@ -102,6 +104,8 @@ class Dense(Layer):
         self.use_bias = use_bias
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         if input_dim is not None and input_shape is not None:
             raise ValueError("Pass either `input_dim` or `input_shape` to Dense, not both.")
         if input_dim is not None:

@@ -13,7 +13,9 @@ from . import kernels as K
 class ReferenceEngine:
     def __init__(self, layers, loss, metrics, optimizer, dtype=np.float32):
         self.dtype = np.dtype(dtype)
-        self.layers = [tuple(s) for s in layers]
+        # (in, out, activation, use_bias) and the L1/L2 coefficients (kernel l1, l2, bias l1, l2).
+        self.layers = [tuple(s[:4]) for s in layers]
+        self.penalty_coefficients = [tuple(s[4:8]) if len(s) == 8 else (0.0, 0.0, 0.0, 0.0) for s in layers]
         self.loss = loss
         self.metrics = list(metrics)
         self.optimizer = {"kind": "sgd", "learning_rate": 0.01, "initial_accumulator": 0.1, **optimizer}
@@ -94,6 +96,22 @@ class ReferenceEngine:
             d = dx
         return total
 
+    def _penalties(self, add_gradients):
+        """Keras's regularization losses, l1 sum|w| + l2 sum w^2, and their gradients into grads."""
+        total = 0.0
+        params, grads = self.weight_views("params"), self.weight_views("grads")
+        i = 0
+        for (_n_in, _n_out, _act, use_bias), (kl1, kl2, bl1, bl2) in zip(self.layers, self.penalty_coefficients):
+            for l1, l2 in [(kl1, kl2)] + ([(bl1, bl2)] if use_bias else []):
+                w = params[i]
+                if l1 or l2:
+                    total += l1 * float(np.abs(w).astype(np.float64).sum()) + l2 * float(
+                        (w * w).astype(np.float64).sum())
+                    if add_gradients:
+                        grads[i] += w.dtype.type(l1) * np.sign(w) + w.dtype.type(2 * l2) * w
+                i += 1
+        return total
+
     def begin_epoch(self, n, batch_size, shuffle, seed, epoch):
         order = K.permutation(n, seed, epoch) if shuffle else np.arange(n)
         self._epoch = {
@@ -124,7 +142,7 @@ class ReferenceEngine:
             idx = ep["order"][step * bs : (step + 1) * bs]
             step_metrics = [0.0] * len(self.metrics)
             with np.errstate(all="ignore"):
-                loss = self._forward_backward(x[idx], y[idx], step_metrics)
+                loss = self._forward_backward(x[idx], y[idx], step_metrics) + len(idx) * self._penalties(True)
             if not np.isfinite(loss):
                 s["stop"] = "nonfinite_loss"
                 s["bad_layer"], s["bad_part"] = self._first_nonfinite(self.weight_views("grads"))
@@ -170,8 +188,10 @@ class ReferenceEngine:
                           .astype(np.float64).sum())
             for m, name in enumerate(self.metrics):
                 metrics[m] += float(K.accuracy_per_sample(p, yb, name).sum())
+        loss += len(x) * self._penalties(False)
         steps = -(-len(x) // batch_size)
         return {"loss": loss, "metrics": metrics, "samples": len(x), "steps_done": steps, "steps_total": steps}
 
     def compute_gradients(self, x, y):
-        return self._forward_backward(np.asarray(x, self.dtype), np.asarray(y, self.dtype))
+        return self._forward_backward(np.asarray(x, self.dtype), np.asarray(y, self.dtype)) + len(x) * self._penalties(
+            True)
