@@ -66,7 +66,7 @@ enum class LossKind {
 inline bool is_sparse(LossKind k) {
     return k == LossKind::SparseCategoricalCrossentropy || k == LossKind::SparseCategoricalCrossentropyLogits;
 }
-enum class MetricKind { BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy };
+enum class MetricKind { BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy, MeanAbsoluteError, MeanSquaredError };
 
 // Keras's epsilon for clipping probabilities inside the cross-entropies.
 constexpr double kEpsilon = 1e-7;

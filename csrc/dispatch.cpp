@@ -51,9 +51,12 @@ EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vec
                 std::to_string(opt_.values.size()) + " values and " + std::to_string(opt_.boundaries.size()) +
                 " boundaries.");
     require(opt_.decay_steps > 0, "A schedule's decay_steps must be positive.");
-    for (MetricKind m : metrics_)
+    for (MetricKind m : metrics_) {
         require(m != MetricKind::SparseCategoricalAccuracy || is_sparse(loss_),
                 "sparse_categorical_accuracy needs the sparse_categorical_crossentropy loss (integer labels).");
+        require(!is_sparse(loss_) || m == MetricKind::SparseCategoricalAccuracy,
+                "With integer labels (a sparse loss) the only metric is sparse_categorical_accuracy.");
+    }
     params_.assign(size, T(0));
     grads_.assign(size, T(0));
     velocity_.assign(size, T(opt_.kind == OptKind::Adagrad ? opt_.initial_accumulator : 0.0));
@@ -121,9 +124,11 @@ MetricKind parse_metric(const std::string& name) {
     if (name == "binary_accuracy") return MetricKind::BinaryAccuracy;
     if (name == "categorical_accuracy") return MetricKind::CategoricalAccuracy;
     if (name == "sparse_categorical_accuracy") return MetricKind::SparseCategoricalAccuracy;
+    if (name == "mean_absolute_error") return MetricKind::MeanAbsoluteError;
+    if (name == "mean_squared_error") return MetricKind::MeanSquaredError;
     throw std::invalid_argument("Unknown metric '" + name +
                                 "'. Expected one of: binary_accuracy, categorical_accuracy, "
-                                "sparse_categorical_accuracy.");
+                                "sparse_categorical_accuracy, mean_absolute_error, mean_squared_error.");
 }
 
 std::vector<std::string> built_isas() {

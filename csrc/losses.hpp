@@ -314,9 +314,9 @@ double output_loss(LossKind kind, Act act, const T* P, const T* Y, index_t ycols
     return total;
 }
 
-// Sum over the B rows of the per-sample accuracy (Keras 3 definitions):
+// Sum over the B rows of the per-sample metric (Keras 3 definitions):
 //   binary: mean over columns of [(p > 0.5) == y];  categorical: argmax p == argmax y;
-//   sparse categorical: argmax p == y[0].
+//   sparse categorical: argmax p == y[0];  mean absolute / squared error: mean over columns.
 template <typename T>
 double accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C) {
     double total = 0;
@@ -336,6 +336,16 @@ double accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t ycols, inde
             case MetricKind::SparseCategoricalAccuracy:
                 total += argmax_row(p, C) == static_cast<index_t>(y[0]);
                 break;
+            case MetricKind::MeanAbsoluteError:
+            case MetricKind::MeanSquaredError: {  // mean over columns, in T, as the losses
+                T s = 0;
+                for (index_t j = 0; j < C; ++j) {
+                    const T e = p[j] - y[j];
+                    s += kind == MetricKind::MeanAbsoluteError ? std::abs(e) : e * e;
+                }
+                total += s / T(C);
+                break;
+            }
         }
     }
     return total;

@@ -310,6 +310,15 @@ double narrow_accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t B, i
             total += static_cast<double>(hits) / static_cast<double>(C);
             continue;
         }
+        if (kind == MetricKind::MeanAbsoluteError || kind == MetricKind::MeanSquaredError) {
+            T s = 0;
+            for (index_t c = 0; c < C; ++c) {
+                const T e = P[c * L + l] - Y[c * L + l];
+                s += kind == MetricKind::MeanAbsoluteError ? std::abs(e) : e * e;
+            }
+            total += s / T(C);
+            continue;
+        }
         index_t best = 0;
         for (index_t c = 1; c < C; ++c)
             if (P[c * L + l] > P[best * L + l]) best = c;

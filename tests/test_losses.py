@@ -115,3 +115,20 @@ def test_from_logits_trains_a_linear_output():
 def test_bad_loss_arguments(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("width", [2, 20], ids=["narrow", "rowmajor"])
+def test_mae_and_mse_metrics(backend, width):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((60, 3)).astype(np.float32)
+    y = rng.standard_normal((60, width)).astype(np.float32)
+    fastmlp.utils.set_random_seed(4)
+    model = Sequential([Dense(width, input_dim=3)])
+    model.compile(loss="huber", optimizer=SGD(0.0), metrics=["mae", "mean_squared_error"], backend=backend)
+    history = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    p = model.predict(x).astype(np.float64)
+    assert history.history["mae"][0] == pytest.approx(np.abs(p - y).mean(), rel=1e-5)
+    assert history.history["mean_squared_error"][0] == pytest.approx(((p - y) ** 2).mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="sparse integer labels"):
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["mae"])

@@ -1,6 +1,9 @@
-"""Metrics by Keras name. ``'accuracy'`` picks its kind by Keras 3's shape rule."""
+"""Metrics by Keras name: accuracies (``'accuracy'`` picks its kind by Keras 3's shape rule) and the
+mean absolute and squared errors (``'mae'``, ``'mse'``)."""
 
 _KINDS = ("binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy")
+_ERRORS = {"mae": "mean_absolute_error", "mean_absolute_error": "mean_absolute_error",
+           "mse": "mean_squared_error", "mean_squared_error": "mean_squared_error"}
 
 
 def resolve(identifier, loss, output_units):
@@ -16,6 +19,11 @@ def resolve(identifier, loss, output_units):
         if output_units == 1:
             return "binary_accuracy"
         return "sparse_categorical_accuracy" if sparse else "categorical_accuracy"
+    if identifier in _ERRORS:
+        if sparse:
+            raise ValueError(f"Metric {identifier!r} compares predictions with targets of the output's width, "
+                             "not with sparse integer labels.")
+        return _ERRORS[identifier]
     if identifier in _KINDS:
         if (identifier == "sparse_categorical_accuracy") != sparse and identifier != "binary_accuracy":
             raise ValueError(
@@ -25,4 +33,6 @@ def resolve(identifier, loss, output_units):
         if identifier == "binary_accuracy" and sparse:
             raise ValueError("Metric 'binary_accuracy' needs targets of the output's width, not sparse labels.")
         return identifier
-    raise ValueError(f"Unknown metric {identifier!r}. Expected one of: accuracy, acc, {', '.join(_KINDS)}.")
+    raise ValueError(
+        f"Unknown metric {identifier!r}. Expected one of: accuracy, acc, {', '.join(_KINDS)}, {', '.join(_ERRORS)}."
+    )

@@ -214,6 +214,10 @@ def accuracy_per_sample(p, y, metric):
         return (p.argmax(axis=-1) == y.argmax(axis=-1)).astype(np.float64)
     if metric == "sparse_categorical_accuracy":
         return (p.argmax(axis=-1) == y.reshape(-1).astype(np.int64)).astype(np.float64)
+    if metric == "mean_absolute_error":
+        return np.abs(p - y).mean(axis=-1)
+    if metric == "mean_squared_error":
+        return ((p - y) ** 2).mean(axis=-1)
     raise ValueError(f"Unknown metric {metric!r}")
 
 
