@@ -509,7 +509,7 @@ def test_bad_compile_arguments_raise_and_keep_the_previous_compile(kwargs, match
         (lambda: SGD(learning_rate=-1), ValueError, "learning_rate"),
         (lambda: SGD(learning_rate=float("nan")), ValueError, "learning_rate"),
         (lambda: SGD(decay=-0.1), ValueError, "decay"),
-        (lambda: Input(shape=(2, 3)), ValueError, "shape"),
+        (lambda: Input(shape=()), ValueError, "shape"),
     ],
     ids=["activation", "units_0", "units_float", "units_neg", "input_dim_0", "unknown_kwarg", "momentum_big",
          "momentum_neg", "lr_neg", "lr_nan", "decay_neg", "input_rank"],

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core, backend as _backend, callbacks as _callbacks, losses as _losses, metrics as _metrics
 from . import optimizers as _optimizers, utils as _utils
-from .layers.core import Dense, InputLayer, Layer, _auto_name
+from .layers.core import Activation, Dense, Flatten, InputLayer, Layer, _auto_name
 from .reference import ReferenceEngine
 
 BACKENDS = ("cpu", "numpy")
@@ -62,8 +62,12 @@ class Sequential:
 
     def __init__(self, layers=None, name=None):
         self.name = name or _auto_name("sequential")
-        self._layers = []
+        self._layers = []  # the Dense layers: what the engine runs
+        self._all_layers = []  # every layer added, as model.layers shows them
         self._input_dim = None
+        self._sample_shape = None  # a multi-dimensional input's shape per sample (Flatten)
+        self._pending_flatten = False  # an Input of several dimensions waits for its Flatten
+        self._activations = {}  # Dense index -> activation of an Activation layer fused after it
         self._engine = None
         self._compile_args = None
         self.optimizer = None
@@ -77,19 +81,47 @@ class Sequential:
 
     @property
     def layers(self):
-        return list(self._layers)
+        return list(self._all_layers)
 
     def add(self, layer):
-        """Append a layer (``Dense``), or declare the input with ``Input(shape=(features,))`` first."""
+        """Append a layer: ``Dense``, ``Activation`` (fused into a linear Dense before it), or
+        ``Flatten`` first; or declare the input with ``Input(shape=...)`` first."""
         if isinstance(layer, InputLayer):
-            if self._layers or self._input_dim is not None:
+            if self._all_layers or self._input_dim is not None:
                 raise ValueError("An Input must come first in a Sequential model, before any other layer.")
             self._input_dim = layer.input_dim
+            if len(layer.shape) > 1:
+                self._sample_shape, self._pending_flatten = layer.shape, True
+            return
+        if isinstance(layer, Flatten):
+            if self._layers:
+                raise ValueError("Flatten must come first (or right after an Input): fastmlp's layers are all flat "
+                                 "after it.")
+            if layer.shape is not None:
+                if self._sample_shape is not None and self._sample_shape != layer.shape:
+                    raise ValueError(f"Flatten(input_shape={layer.shape}) does not match the Input's "
+                                     f"{self._sample_shape}.")
+                self._sample_shape = layer.shape
+                self._input_dim = int(np.prod(layer.shape))
+            self._pending_flatten = False
+            self._all_layers.append(layer)
+            return
+        if self._pending_flatten:
+            raise ValueError(f"The Input has shape {self._sample_shape}: add Flatten() after it, before {layer.name!r}.")
+        if isinstance(layer, Activation):
+            if not self._layers or self._layers[-1].activation != "linear" or len(self._layers) - 1 in self._activations:
+                raise ValueError(
+                    f"Activation({layer.activation!r}) must follow a Dense layer without an activation of its own "
+                    "(fastmlp fuses it into that layer); give the Dense layer activation= instead."
+                )
+            self._activations[len(self._layers) - 1] = layer.activation
+            self._all_layers.append(layer)
+            self._engine = None
             return
         if not isinstance(layer, Dense):
             raise TypeError(
-                "Only fastmlp.layers.Dense layers (and an Input first) can be added to a Sequential model. "
-                f"Received: {layer!r}"
+                "Only fastmlp.layers Dense, Activation and Flatten layers (and an Input first) can be added to a "
+                f"Sequential model. Received: {layer!r}"
             )
         if any(existing is layer for existing in self._layers):
             raise ValueError(f"Layer {layer.name!r} is already in this model.")
@@ -100,7 +132,6 @@ class Sequential:
                 "in one arena of its own, so layers cannot be shared. Create a new Dense layer and copy the "
                 "weights with set_weights(other.get_weights()) if you need the same values."
             )
-        layer._owner = weakref.ref(self)
         if self._layers and layer.input_dim is not None and layer.input_dim != self._layers[-1].units:
             raise ValueError(
                 f"Layer {layer.name!r} declares input_dim={layer.input_dim} but the previous layer has "
@@ -108,6 +139,8 @@ class Sequential:
             )
         if not self._layers and self._input_dim is None:
             self._input_dim = layer.input_dim
+        layer._owner = weakref.ref(self)
+        self._all_layers.append(layer)
         self._layers.append(layer)
         self._engine = None
         if self._input_dim is not None:
@@ -185,9 +218,9 @@ class Sequential:
         def coefficients(regularizer):
             return (regularizer.l1, regularizer.l2) if regularizer is not None else (0.0, 0.0)
 
-        return [(layer.input_dim, layer.units, layer.activation, layer.use_bias,
+        return [(layer.input_dim, layer.units, self._activations.get(i, layer.activation), layer.use_bias,
                  *coefficients(layer.kernel_regularizer), *coefficients(layer.bias_regularizer))
-                for layer in self._layers]
+                for i, layer in enumerate(self._layers)]
 
     def _make_engine(self):
         args = self._compile_args
@@ -229,6 +262,13 @@ class Sequential:
 
     def _prepare_x(self, x, name="x"):
         arr = _as_numeric_array(x, name)
+        if self._sample_shape is not None:
+            if arr.shape[1:] != self._sample_shape:
+                raise ValueError(f"`{name}` must have shape (samples, {', '.join(map(str, self._sample_shape))}) "
+                                 f"for this model's Flatten input; received shape {arr.shape}.")
+            arr = arr.reshape(len(arr), -1)
+        elif any(isinstance(layer, Flatten) for layer in self._all_layers) and arr.ndim > 2:
+            arr = arr.reshape(len(arr), -1)
         if arr.ndim != 2:
             hint = f" Reshape it with {name}.reshape(-1, 1) if it holds one feature per sample." if arr.ndim == 1 else ""
             raise ValueError(
@@ -487,10 +527,16 @@ class Sequential:
 
         lines = [f'Model: "{self.name}"', rule("┏", "┳", "┓", "━"),
                  row(("Layer (type)", "Output Shape", "Param #"), "┃", "┃", "┃"), rule("┡", "╇", "┩", "━")]
-        for i, layer in enumerate(self._layers):
-            params = str(layer.count_params()) if layer.built else "0 (unbuilt)"
-            lines.append(row((f"{layer.name} (Dense)", f"(None, {layer.units})", params)))
-            if i + 1 < len(self._layers):
+        width = self._input_dim
+        for i, layer in enumerate(self._all_layers):
+            if isinstance(layer, Dense):
+                width = layer.units
+                params = str(layer.count_params()) if layer.built else "0 (unbuilt)"
+            else:
+                params = "0"
+            shape = f"(None, {width})" if width is not None else "(None, ?)"
+            lines.append(row((f"{layer.name} ({type(layer).__name__})", shape, params)))
+            if i + 1 < len(self._all_layers):
                 lines.append(rule("├", "┼", "┤", "─"))
         lines.append(rule("└", "┴", "┘", "─"))
         total = self.count_params()

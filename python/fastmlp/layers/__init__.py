@@ -1,6 +1,6 @@
-"""Layers: ``Dense``, ``Input`` / ``InputLayer``."""
+"""Layers: ``Dense``, ``Activation``, ``Flatten``, ``Input`` / ``InputLayer``."""
 
 from . import core
-from .core import Dense, Input, InputLayer, Layer
+from .core import Activation, Dense, Flatten, Input, InputLayer, Layer
 
-__all__ = ["core", "Dense", "Input", "InputLayer", "Layer"]
+__all__ = ["core", "Activation", "Dense", "Flatten", "Input", "InputLayer", "Layer"]

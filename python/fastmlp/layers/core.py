@@ -57,18 +57,58 @@ class Layer:
         return int(sum(np.prod(w.shape) for w in self.weights))
 
 
+def _sample_shape(shape, owner):
+    if not isinstance(shape, (tuple, list)) or not shape:
+        raise ValueError(f"{owner} expects a shape tuple such as (features,) or (height, width). Received: {shape!r}")
+    return tuple(_positive_int(d, "shape", owner) for d in shape)
+
+
 class InputLayer(Layer):
-    """Declares the model's input: ``InputLayer(shape=(features,))``; ``fastmlp.layers.Input`` makes one."""
+    """Declares the model's input: ``InputLayer(shape=(features,))``; ``fastmlp.layers.Input`` makes one.
+    A shape of more than one dimension must be followed by ``Flatten()``."""
 
     _name_prefix = "input_layer"
 
     def __init__(self, shape=None, batch_size=None, name=None, input_shape=None):
         super().__init__(name)
         shape = shape if shape is not None else input_shape
-        self.input_dim = _input_dim_from_shape(shape, "InputLayer")
+        self.shape = _sample_shape(shape, "InputLayer")
+        self.input_dim = int(np.prod(self.shape))
         self.batch_size = batch_size
         self.units = self.input_dim
         self.built = True
+
+
+class Flatten(Layer):
+    """Flattens each sample to one dimension: inputs of shape (N, h, w) feed the next Dense as
+    (N, h*w). It must come first (or right after an Input); it has no weights."""
+
+    _name_prefix = "flatten"
+
+    def __init__(self, input_shape=None, name=None, data_format=None):
+        super().__init__(name)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"Flatten supports data_format='channels_last' only. Received: {data_format!r}")
+        self.shape = _sample_shape(input_shape, "Flatten") if input_shape is not None else None
+        self.built = True
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+class Activation(Layer):
+    """Applies an activation to the previous layer's output: ``Activation('softmax')``. fastmlp fuses
+    it into the preceding Dense, which must be linear."""
+
+    _name_prefix = "activation"
+
+    def __init__(self, activation, name=None):
+        super().__init__(name)
+        self.activation = activations.get(activation)
+        self.built = True
+
+    def get_config(self):
+        return {"name": self.name, "activation": self.activation}
 
 
 def Input(shape=None, batch_size=None, name=None):
