@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+from _harness import compare, cpu_name
 
 import fastmlp
 from fastmlp.layers import Dense, Input
@@ -130,24 +131,6 @@ def import_torch():
     return torch
 
 
-def best_of(repeats, run):
-    """min fit seconds over `repeats` runs, and the worst accuracy among them."""
-    times, accs = [], []
-    for _ in range(repeats):
-        seconds, acc = run()
-        times.append(seconds)
-        accs.append(acc)
-    return min(times), min(accs)
-
-
-def cpu_name():
-    name = platform.processor()
-    if not name and os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    return name or "unknown"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3,
@@ -201,39 +184,7 @@ def main(argv=None):
         contenders.append(("torch eager", args.peer_repeats, lambda: run_torch(data, weights, shuffle_seed)))
 
     run_fastmlp("cpu", data, weights, shuffle_seed)  # warm-up: first-touch of code and memory, untimed
-    results = []
-    for i, (name, repeats, run) in enumerate(contenders):
-        try:
-            seconds, acc = best_of(repeats, run)
-            error = None
-        except Exception as exc:  # a peer's error is reported in the table; the native engine's is raised
-            if i == 0:
-                raise
-            seconds, acc, error = float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"
-        ok = error is None and acc >= MIN_ACCURACY
-        results.append((name, repeats, seconds, acc, ok, error))
-        print(f"{name}: test accuracy {acc:.4f} ({'ok' if ok else 'FAILED'}, need >= {MIN_ACCURACY})"
-              + (f" [{error}]" if error else ""), flush=True)
-
-    native_seconds = results[0][2]
-    print()
-    header = (f"{'backend':<28} {'runs':>4} {'fit s':>9} {'ms/epoch':>9} {'steps/s':>11} {'accuracy':>8} "
-              f"{'native speedup':>15}")
-    print(header)
-    print("-" * len(header))
-    for name, repeats, seconds, acc, ok, _error in results:
-        if ok:
-            speedup = f"{seconds / native_seconds:.1f}x" if results[0][4] else "-"
-            print(f"{name:<28} {repeats:>4} {seconds:>9.3f} {1e3 * seconds / EPOCHS:>9.3f} {steps / seconds:>11,.0f} "
-                  f"{acc:>8.4f} {speedup:>15}")
-        else:
-            print(f"{name:<28} {repeats:>4} {'FAILED':>9} {'-':>9} {'-':>11} {acc:>8.4f} {'-':>15}")
-    print("(native speedup = that backend's fit time / the native fit time; best of 'runs' timed fits)")
-    if not results[0][4]:
-        print(f"error: the native engine's test accuracy {results[0][3]:.4f} is below {MIN_ACCURACY}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return compare(contenders, EPOCHS, steps, MIN_ACCURACY)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import fastmlp
-from conftest import assert_close
 from fastmlp import losses
 from fastmlp.layers import Dense
 from fastmlp.models import Sequential

@@ -14,6 +14,7 @@ from .models import Sequential
 __version__ = "0.1.0"
 
 __all__ = [
+    "_core",
     "activations",
     "backend",
     "callbacks",

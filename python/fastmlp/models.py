@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core, backend as _backend, callbacks as _callbacks, losses as _losses, metrics as _metrics
 from . import optimizers as _optimizers, utils as _utils
-from .layers.core import Activation, Dense, Flatten, InputLayer, Layer, _auto_name
+from .layers.core import Activation, Dense, Flatten, InputLayer, _auto_name
 from .reference import ReferenceEngine
 
 BACKENDS = ("cpu", "numpy")

@@ -258,6 +258,8 @@ class Adagrad(Optimizer):
         return dict(super().get_config(), initial_accumulator_value=self.initial_accumulator_value)
 
 
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "schedules", "get"]
+
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
 
 
