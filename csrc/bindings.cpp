@@ -104,6 +104,16 @@ py::array arena_view(std::vector<T>& arena, index_t offset, std::vector<index_t>
     return py::array_t<T>(shape, strides, arena.data() + offset, owner);
 }
 
+// Runs f under the engine's lock, with the GIL released while waiting for it: a thread that holds
+// the lock (a fit) takes the GIL for a moment to poll for Ctrl-C, so waiting on the lock while
+// holding the GIL would deadlock.
+template <typename E, typename F>
+auto locked(E& e, F&& f) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(e.mutex());
+    return f();
+}
+
 template <typename T>
 void bind_engine(py::module_& m, const char* name) {
     using E = EngineBase<T>;
@@ -169,15 +179,22 @@ void bind_engine(py::module_& m, const char* name) {
             }
             return out;
         })
-        .def_property("iterations", &E::iterations, &E::set_iterations)
-        .def("set_loss_options", &E::set_loss_options, py::arg("huber_delta") = 1.0, py::arg("label_smoothing") = 0.0)
-        .def("set_option", [](E& e, const std::string& name, py::handle value) { set_option(e.opt(), name, value); },
+        .def_property("iterations", &E::iterations,
+                      [](E& e, std::int64_t t) { locked(e, [&] { e.set_iterations(t); }); })
+        .def("set_loss_options", [](E& e, double delta, double smoothing) {
+            locked(e, [&] { e.set_loss_options(delta, smoothing); });
+        }, py::arg("huber_delta") = 1.0, py::arg("label_smoothing") = 0.0)
+        .def("set_option", [](E& e, const std::string& name, py::handle value) {
+            // Parsed into a copy with the GIL held, swapped in under the engine's lock.
+            OptimizerConfig c = locked(e, [&] { return e.opt(); });
+            set_option(c, name, value);
+            locked(e, [&] { e.opt() = c; });
+        },
              "Change one optimizer setting; it applies from the next update.")
         .def_property_readonly("target_cols", &E::target_cols)
         .def("begin_epoch", [](E& e, index_t n, index_t batch_size, bool shuffle, std::uint64_t seed,
                                std::uint64_t epoch) {
-            std::lock_guard<std::mutex> lock(e.mutex());
-            e.begin_epoch(n, batch_size, shuffle, seed, epoch);
+            locked(e, [&] { e.begin_epoch(n, batch_size, shuffle, seed, epoch); });
         })
         .def("train_steps", [](E& e, const carray<T>& x, const carray<T>& y, index_t max_steps) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);

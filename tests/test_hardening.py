@@ -210,3 +210,42 @@ def test_a_thousand_model_lifecycles_do_not_grow_memory():
     for _ in range(1000):
         cycle()
     assert _rss_bytes() - before < 10 * 2**20
+
+
+TWO_FITS_SCRIPT = textwrap.dedent("""
+    import threading, numpy as np, fastmlp
+    from fastmlp.callbacks import Callback
+    from fastmlp.layers import Dense
+    from fastmlp.models import Sequential
+    model = Sequential([Dense(64, activation="relu", input_dim=32), Dense(4, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    x = np.random.default_rng(0).standard_normal((4096, 32)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 4, 4096)
+    started = threading.Event()
+
+    class Started(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            started.set()
+
+    trainer = threading.Thread(target=model.fit, args=(x, y),
+                               kwargs=dict(epochs=30, batch_size=32, verbose=0, callbacks=[Started()]))
+    trainer.start()
+    started.wait()
+    try:
+        model.fit(x, y, epochs=1, verbose=0)
+        refused = False
+    except RuntimeError as exc:
+        refused = "already training in another thread" in str(exc)
+    for _ in range(50):  # meanwhile, option changes and predictions from this thread
+        model.optimizer.learning_rate = 0.01
+        model.predict(x[:8])
+    trainer.join()
+    assert refused
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    print("ok")
+""")
+
+
+def test_a_second_concurrent_fit_is_refused_and_nothing_deadlocks():
+    proc = subprocess.run([sys.executable, "-c", TWO_FITS_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

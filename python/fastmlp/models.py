@@ -8,6 +8,7 @@ is shown); Python handles History, progress and callbacks between epochs.
 """
 
 import numbers
+import threading
 import time
 import weakref
 
@@ -68,6 +69,7 @@ class Sequential:
         self._sample_shape = None  # a multi-dimensional input's shape per sample (Flatten)
         self._pending_flatten = False  # an Input of several dimensions waits for its Flatten
         self._activations = {}  # Dense index -> activation of an Activation layer fused after it
+        self._fit_lock = threading.Lock()  # one fit at a time; other calls are serialized natively
         self._engine = None
         self._compile_args = None
         self.optimizer = None
@@ -335,6 +337,19 @@ class Sequential:
         instead. Ctrl-C stops within a few milliseconds, after the batch in progress, and raises
         ``KeyboardInterrupt``; ``model.history`` then holds the completed epochs.
         """
+        if not self._fit_lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"Model {self.name!r} is already training in another thread; wait for that fit to end (predict and "
+                "evaluate calls from other threads are safe: they wait for the running batch)."
+            )
+        try:
+            return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
+                             shuffle, initial_epoch, on_nonfinite)
+        finally:
+            self._fit_lock.release()
+
+    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+             initial_epoch, on_nonfinite):
         if on_nonfinite not in ("stop", "raise"):
             raise ValueError(f"Expected `on_nonfinite` to be 'stop' or 'raise'. Received: on_nonfinite={on_nonfinite!r}")
         batch_size = self._batch_size(batch_size)
