@@ -146,6 +146,19 @@ void bind_engine(py::module_& m, const char* name) {
              "optimizer: a dict of OptimizerConfig fields (csrc/common.hpp), 'kind' one of sgd, adam, rmsprop, "
              "adagrad.")
         .def_property_readonly("isa", &E::isa)
+        .def("params_copy", [](E& e) {
+            py::array_t<T> out(static_cast<index_t>(e.params().size()));
+            T* o = out.mutable_data();
+            locked(e, [&] { std::copy(e.params().begin(), e.params().end(), o); });
+            return out;
+        }, "A copy of the parameter arena, taken between training steps.")
+        .def("set_params", [](E& e, const carray<T>& values) {
+            if (values.size() != static_cast<index_t>(e.params().size()))
+                throw std::invalid_argument("set_params needs " + std::to_string(e.params().size()) +
+                                            " values; received " + std::to_string(values.size()) + ".");
+            const T* v = values.data();
+            locked(e, [&] { std::copy(v, v + e.params().size(), e.params().begin()); });
+        }, "Overwrite the parameter arena, between training steps.")
         .def_property_readonly("params", [](py::object self) {
             E& e = self.cast<E&>();
             return arena_view(e.params(), 0, {static_cast<index_t>(e.params().size())}, self);

@@ -500,8 +500,15 @@ class Sequential:
         return [w for layer in self._layers for w in layer.weights]
 
     def get_weights(self):
-        """Copies of every layer's weights, in order: per Dense ``[kernel (in, units), bias (units,)]``."""
-        return [np.array(w) for w in self.weights]
+        """Copies of every layer's weights, in order: per Dense ``[kernel (in, units), bias (units,)]``.
+        Taken between training steps when another thread is training the model."""
+        if self._engine is None:
+            return [np.array(w) for w in self.weights]
+        flat, out, start = self._engine.params_copy(), [], 0
+        for w in self.weights:  # the arena holds them in this order, back to back
+            out.append(flat[start : start + w.size].reshape(w.shape))
+            start += w.size
+        return out
 
     def set_weights(self, weights):
         """Set every weight from a list shaped like ``get_weights()``; nothing changes on error."""
@@ -519,6 +526,10 @@ class Sequential:
             k = len(layer.weights)
             checked.append((layer, layer.check_weights(weights[start : start + k])))
             start += k
+        if self._engine is not None:  # one copy into the arena, between training steps
+            dtype = self._dtype()
+            self._engine.set_params(np.concatenate([np.asarray(v, dtype).ravel() for _, ws in checked for v in ws]))
+            return
         for layer, ws in checked:
             for target, value in zip(layer.weights, ws):
                 target[...] = value

@@ -40,6 +40,12 @@ class ReferenceEngine:
     def target_cols(self):
         return 1 if self.loss.startswith("sparse") else self.layers[-1][1]
 
+    def params_copy(self):
+        return self.params.copy()
+
+    def set_params(self, values):
+        self.params[...] = values
+
     def set_loss_options(self, huber_delta=1.0, label_smoothing=0.0):
         self.huber_delta = float(huber_delta)
         self.label_smoothing = float(label_smoothing)
