@@ -5,6 +5,11 @@
 state in flat arenas; the layers' ``kernel`` and ``bias`` become views into that arena. ``fit``
 runs each epoch as one native call with the GIL released (in slices only when a live progress bar
 is shown); Python handles History, progress and callbacks between epochs.
+
+Threads: calls into one model's engine are serialized (a predict waits for the running batch), a
+second concurrent fit is refused, and get_weights/set_weights are taken between steps. The layers'
+``kernel``/``bias`` arrays are the arena itself: touching them directly while another thread trains
+is not synchronized.
 """
 
 import numbers
