@@ -5,6 +5,21 @@ import platform
 import sys
 
 
+def import_torch():
+    """torch when installed (an optional peer, never a dependency), else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def add_repeat_arguments(parser):
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs of the native engine (default: %(default)s)")
+    parser.add_argument("--peer-repeats", type=int, default=1, help="timed runs of each peer (default: %(default)s)")
+
+
 def best_of(repeats, run):
     """min fit seconds over `repeats` runs, and the worst accuracy among them."""
     times, accs = [], []

@@ -31,7 +31,7 @@ import sys
 import time
 
 import numpy as np
-from _harness import compare, cpu_name
+from _harness import add_repeat_arguments, compare, cpu_name, import_torch
 
 import fastmlp
 from fastmlp.layers import Dense, Input
@@ -123,19 +123,9 @@ def run_torch(data, weights, seed):
         return seconds, accuracy(torch.softmax(logits(x_test), dim=-1).numpy(), y_test.numpy())
 
 
-def import_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs of the native engine (default: %(default)s)")
-    parser.add_argument("--peer-repeats", type=int, default=1, help="timed runs of each peer (default: %(default)s)")
+    add_repeat_arguments(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the split, weights and shuffling (default: %(default)s)")
     parser.add_argument("--blas-threads", type=int, default=1,

@@ -26,7 +26,7 @@ import sys
 import time
 
 import numpy as np
-from _harness import compare, cpu_name
+from _harness import add_repeat_arguments, compare, cpu_name, import_torch
 
 import fastmlp
 from fastmlp.layers import Dense
@@ -127,14 +127,6 @@ def run_keras(keras, data, weights, seed):
     return seconds, accuracy(model.predict(x_test, batch_size=N_TEST, verbose=0), y_test)
 
 
-def import_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
 def import_keras(have_torch):
     if "keras" not in sys.modules and have_torch:
         os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -149,9 +141,7 @@ def import_keras(have_torch):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs of the native engine (default: %(default)s)")
-    parser.add_argument("--peer-repeats", type=int, default=1, help="timed runs of each peer (default: %(default)s)")
+    add_repeat_arguments(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of data, weights and shuffling (default: %(default)s)")
     parser.add_argument("--torch-threads", type=int, default=1,
