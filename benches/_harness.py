@@ -3,6 +3,9 @@
 import os
 import platform
 import sys
+import time
+
+import fastmlp
 
 
 def import_torch():
@@ -18,6 +21,18 @@ def add_repeat_arguments(parser):
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs of the native engine (default: %(default)s)")
     parser.add_argument("--peer-repeats", type=int, default=1, help="timed runs of each peer (default: %(default)s)")
+
+
+def timed_fastmlp_fit(model, data, seed, epochs, batch):
+    """Fit a compiled fastmlp model on data = (x, y, x_test, y_test) with a fixed shuffling seed,
+    so every run (and both fastmlp backends) follows the same trajectory: (fit seconds, test
+    predictions)."""
+    x, y, x_test, _y_test = data
+    fastmlp.utils.set_random_seed(seed)
+    start = time.perf_counter()
+    model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0)
+    seconds = time.perf_counter() - start
+    return seconds, model.predict(x_test, batch_size=len(x_test))
 
 
 def best_of(repeats, run):

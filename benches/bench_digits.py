@@ -31,7 +31,7 @@ import sys
 import time
 
 import numpy as np
-from _harness import add_repeat_arguments, compare, cpu_name, import_torch
+from _harness import add_repeat_arguments, compare, cpu_name, import_torch, timed_fastmlp_fit
 
 import fastmlp
 from fastmlp.layers import Dense, Input
@@ -69,17 +69,13 @@ def fastmlp_model(weights=None):
 
 
 def run_fastmlp(backend, data, weights, seed):
-    """One fit on `backend`: (fit seconds, test accuracy). The shuffling seed is fixed, so every
-    run (and both fastmlp backends) follows the same trajectory."""
-    x, y, x_test, y_test = data
+    """One fit on `backend`: (fit seconds, test accuracy)."""
+    y_test = data[3]
     model = fastmlp_model(weights)
     model.compile(loss="sparse_categorical_crossentropy",
                   optimizer=Adam(learning_rate=LR, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON), backend=backend)
-    fastmlp.utils.set_random_seed(seed)
-    start = time.perf_counter()
-    model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0)
-    seconds = time.perf_counter() - start
-    return seconds, accuracy(model.predict(x_test, batch_size=len(x_test)), y_test)
+    seconds, predictions = timed_fastmlp_fit(model, data, seed, EPOCHS, BATCH)
+    return seconds, accuracy(predictions, y_test)
 
 
 def run_torch(data, weights, seed):
