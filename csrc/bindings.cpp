@@ -16,6 +16,7 @@
 #include "engine_api.hpp"
 #include "losses.hpp"
 #include "optim.hpp"
+#include "parallel.hpp"
 #include "shuffle.hpp"
 
 namespace py = pybind11;
@@ -382,7 +383,47 @@ void sgd_update_impl(py::handle wh, py::handle gh, py::handle vh, double lr, dou
     sgd_update(w.mutable_data(), g.data(), v.mutable_data(), n, T(lr), T(momentum), nesterov);
 }
 
+// C := act(op(a) @ op(b) + bias) on instruction set `isa`, where op transposes when asked: the
+// kernels' GEMM (gemm.hpp), for the tests and benches. Returns (C, mean seconds per product over
+// `repeats` runs, timed in C++ with the GIL released).
+template <typename T>
+py::tuple gemm_impl(py::handle ah, py::handle bh, py::handle biash, const std::string& act_name, bool trans_a,
+                    bool trans_b, const std::string& isa, bool naive, index_t repeats) {
+    const Act act = parse_act(act_name);
+    if (act == Act::Softmax) throw std::invalid_argument("gemm's act must be elementwise; received 'softmax'.");
+    auto a = as_array<T>(ah, "a", 2);
+    auto b = as_array<T>(bh, "b", 2);
+    const index_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+    const index_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+    if (K != Kb)
+        throw std::invalid_argument("gemm: op(a) is " + std::to_string(M) + " x " + std::to_string(K) + " but op(b) is " +
+                                    std::to_string(Kb) + " x " + std::to_string(N) + "; the inner sizes must match.");
+    if (M == 0 || N == 0) throw std::invalid_argument("gemm: the product must have at least one row and column.");
+    std::optional<carray<T>> bias;
+    if (!biash.is_none()) {
+        bias = as_array<T>(biash, "bias", 1);
+        if (bias->size() != N) throw std::invalid_argument("bias must have N = " + std::to_string(N) + " elements.");
+    }
+    carray<T> c({M, N});
+    const GemmCall<T> call{c.mutable_data(), N, a.data(), trans_a ? 1 : K, trans_a ? M : 1, b.data(), trans_b ? 1 : N,
+                           trans_b ? K : 1, M, N, K, bias ? bias->data() : nullptr, act};
+    double seconds;
+    {
+        py::gil_scoped_release unlocked;
+        seconds = run_gemm<T>(isa, call, naive, repeats);
+    }
+    return py::make_tuple(std::move(c), seconds);
+}
+
 void bind_kernels(py::module_& k) {
+    k.def("gemm", [](py::handle a, py::handle b, py::handle bias, const std::string& act, bool transpose_a,
+                     bool transpose_b, const std::string& isa, bool naive, index_t repeats) {
+        return is_f64(a) ? gemm_impl<double>(a, b, bias, act, transpose_a, transpose_b, isa, naive, repeats)
+                         : gemm_impl<float>(a, b, bias, act, transpose_a, transpose_b, isa, naive, repeats);
+    }, py::arg("a"), py::arg("b"), py::arg("bias") = py::none(), py::arg("act") = "linear",
+       py::arg("transpose_a") = false, py::arg("transpose_b") = false, py::arg("isa") = "", py::arg("naive") = false,
+       py::arg("repeats") = 1,
+       "(act(op(a) @ op(b) + bias), seconds per product): the GEMM kernel on instruction set `isa`.");
     k.def("dense_forward", [](py::handle x, py::handle w, py::handle b, const std::string& act, bool naive) {
         return is_f64(x) ? dense_forward_impl<double>(x, w, b, act, naive) : dense_forward_impl<float>(x, w, b, act, naive);
     }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("act"), py::arg("naive") = false,
@@ -419,6 +460,11 @@ PYBIND11_MODULE(_core, m) {
     });
     m.def("built_isas", &built_isas, "Instruction sets this build has engine variants for, best first.");
     m.def("supported_isas", &supported_isas, "Instruction sets built and runnable on this CPU, best first.");
+    m.def("get_num_threads", &num_threads, "Threads the kernels use, the calling one included.");
+    m.def("set_num_threads", [](int n) {
+        if (n < 1) throw std::invalid_argument("The thread count must be a positive integer; received " + std::to_string(n) + ".");
+        set_num_threads(n);
+    }, py::arg("n"), "Set the threads the kernels use (>= 1); results do not depend on it.");
     bind_engine<float>(m, "Engine32");
     bind_engine<double>(m, "Engine64");
     py::module_ k = m.def_submodule("kernels", "Individual kernels, float32 or float64 by the first array's dtype.");

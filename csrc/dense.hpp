@@ -4,9 +4,9 @@
 // Y = A is (B, N). All pointers are dense, row-major, non-overlapping unless said otherwise.
 //
 // Summation order is part of the contract (it is what makes results bitwise reproducible): every
-// output element is `acc = 0; for p ascending: acc += a_p * b_p;` followed by `+ bias`. The
-// register-blocked paths below keep exactly that order, so they equal the naive references bit for
-// bit (the build uses -ffp-contract=off so that no FMA changes the rounding behind our back).
+// output element is the chain `acc = 0; for p ascending: acc = mul_add(a_p, b_p, acc);` followed by
+// `+ bias` (gemm.hpp: a fused multiply-add where the variant has one). The optimized paths keep
+// exactly that order, so they equal the naive references bit for bit whatever the thread count.
 #pragma once
 
 #include <algorithm>
@@ -15,149 +15,15 @@
 
 #include "activations.hpp"
 #include "common.hpp"
+#include "gemm.hpp"
 
 FASTMLP_ISA_BEGIN
-
-// ---------------------------------------------------------------------------------------------
-// Register-blocked product (the optimized path)
-// ---------------------------------------------------------------------------------------------
-
-// One SIMD vector of T, FASTMLP_VEC_BYTES wide: GCC vector extensions compile to SSE2, AVX2 or
-// AVX-512 instructions by the variant being built.
-template <typename T>
-struct Simd {
-    typedef T vec __attribute__((vector_size(FASTMLP_VEC_BYTES)));
-    static constexpr index_t width = FASTMLP_VEC_BYTES / sizeof(T);
-};
-
-inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
-
-// Pack the (P, N) matrix S (element (p, n) at S[p*rs + n*cs]) into Dst, (P, Np) row-major with
-// Np = round_up(N, width) and the padding columns zeroed. Dst is overwritten.
-template <typename T>
-inline void pack_panel(T* dst, const T* src, index_t P, index_t N, index_t rs, index_t cs) {
-    const index_t Np = round_up(N, Simd<T>::width);
-    for (index_t p = 0; p < P; ++p) {
-        T* d = dst + p * Np;
-        const T* s = src + p * rs;
-        // Plain loops, not memcpy: rows are often a handful of elements, where a library call costs more
-        // than the copy.
-        if (cs == 1) {
-            for (index_t n = 0; n < N; ++n) d[n] = s[n];
-        } else {
-            for (index_t n = 0; n < N; ++n) d[n] = s[n * cs];
-        }
-        for (index_t n = N; n < Np; ++n) d[n] = T(0);
-    }
-}
-
-// Microkernel: the MR x (NV*width) tile C[r, j] := sum_p A[r*rs + p*cs] * Bp[p*ldb + j] (+ bias[j]),
-// accumulated in registers over p = 0..P-1 in ascending order, then stored to the first `ncols`
-// columns of C (row stride ldc). C is overwritten. bias may be null.
-template <typename T, int MR, int NV>
-inline void micro_tile(T* C, index_t ldc, index_t ncols, const T* A, index_t rs, index_t cs,
-                       const T* Bp, index_t ldb, index_t P, const T* bias) {
-    using vec = typename Simd<T>::vec;
-    constexpr index_t W = Simd<T>::width;
-    vec acc[MR][NV];
-    for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = vec{} ;
-    for (index_t p = 0; p < P; ++p) {
-        vec b[NV];
-        for (int v = 0; v < NV; ++v) std::memcpy(&b[v], Bp + p * ldb + v * W, sizeof(vec));
-        for (int r = 0; r < MR; ++r) {
-            const T a = A[r * rs + p * cs];
-            for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
-        }
-    }
-    if (bias) {
-        for (int v = 0; v < NV; ++v) {
-            vec bv;
-            std::memcpy(&bv, bias + v * W, sizeof(bv));
-            for (int r = 0; r < MR; ++r) acc[r][v] += bv;
-        }
-    }
-    // Stores go through copies: taking the accumulators' own address would keep them in memory
-    // (spilled) through the whole p loop.
-    if (ncols >= NV * W) {
-        for (int r = 0; r < MR; ++r)
-            for (int v = 0; v < NV; ++v) {
-                const vec out = acc[r][v];
-                std::memcpy(C + r * ldc + v * W, &out, sizeof(out));
-            }
-    } else {
-        for (int r = 0; r < MR; ++r) {
-            T tile[NV * W];
-            for (int v = 0; v < NV; ++v) {
-                const vec out = acc[r][v];
-                std::memcpy(tile + v * W, &out, sizeof(out));
-            }
-            for (index_t j = 0; j < ncols; ++j) C[r * ldc + j] = tile[j];
-        }
-    }
-}
-
-// Product with a packed right operand.
-//   C (M, N), row stride ldc, overwritten:  C[m, n] := sum_{p<P} A[m*rs + p*cs] * Bp[p, n]  (+ bias[n])
-//   A: (M, P) addressed through strides (rs, cs), so A may be a transposed view.
-//   Bp: (P, Np) packed by pack_panel (Np = round_up(N, width), zero padding). bias: (Np,) padded, or null.
-// Loop order: each panel of 2 vectors' width (P rows of one cache line each) stays in cache while
-// every row block of A sweeps it.
-template <typename T, int NV>
-inline void gemm_panel(T* C, index_t ldc, index_t ncols, const T* A, index_t rs, index_t cs, const T* Bp, index_t ldb,
-                       index_t M, index_t P, const T* bias) {
-    index_t m = 0;
-    for (; m + 4 <= M; m += 4) micro_tile<T, 4, NV>(C + m * ldc, ldc, ncols, A + m * rs, rs, cs, Bp, ldb, P, bias);
-    T* c = C + m * ldc;
-    const T* a = A + m * rs;
-    switch (M - m) {
-        case 3: micro_tile<T, 3, NV>(c, ldc, ncols, a, rs, cs, Bp, ldb, P, bias); break;
-        case 2: micro_tile<T, 2, NV>(c, ldc, ncols, a, rs, cs, Bp, ldb, P, bias); break;
-        case 1: micro_tile<T, 1, NV>(c, ldc, ncols, a, rs, cs, Bp, ldb, P, bias); break;
-        default: break;
-    }
-}
-
-template <typename T>
-void gemm_packed(T* C, index_t ldc, const T* A, index_t rs, index_t cs, const T* Bp, index_t M, index_t N, index_t P,
-                 const T* bias) {
-    constexpr index_t W = Simd<T>::width;
-    const index_t ldb = round_up(N, W);
-    index_t j = 0;
-    for (; j + 2 * W <= ldb; j += 2 * W)
-        gemm_panel<T, 2>(C + j, ldc, N - j, A, rs, cs, Bp + j, ldb, M, P, bias ? bias + j : nullptr);
-    if (j < ldb) gemm_panel<T, 1>(C + j, ldc, N - j, A, rs, cs, Bp + j, ldb, M, P, bias ? bias + j : nullptr);
-}
-
-// db (N,) := sum over the P rows of the packed panel Bp (P, Np), rows added in ascending order.
-template <typename T>
-inline void column_sums(T* db, const T* Bp, index_t P, index_t N) {
-    using vec = typename Simd<T>::vec;
-    constexpr index_t W = Simd<T>::width;
-    const index_t Np = round_up(N, W);
-    for (index_t j = 0; j < Np; j += W) {
-        vec acc{};
-        for (index_t p = 0; p < P; ++p) {
-            vec v;
-            std::memcpy(&v, Bp + p * Np + j, sizeof(v));
-            acc += v;
-        }
-        T lanes[W];
-        std::memcpy(lanes, &acc, sizeof(acc));
-        for (index_t l = 0; l < W && j + l < N; ++l) db[j + l] = lanes[l];
-    }
-}
 
 // Scratch space the optimized kernels pack into; owned by the caller so that the training loop
 // allocates nothing per step.
 template <typename T>
 struct DenseScratch {
-    std::vector<T> packed;  // a packed right operand
-    std::vector<T> bias;    // the padded bias
-    T* reserve(index_t n) {
-        if (static_cast<index_t>(packed.size()) < n) packed.resize(n);
-        return packed.data();
-    }
+    std::vector<T> bias;  // the bias, padded to whole register tiles
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -170,7 +36,7 @@ void dense_forward_naive(T* Y, const T* X, const T* W, const T* b, index_t B, in
     for (index_t i = 0; i < B; ++i) {
         for (index_t n = 0; n < N; ++n) {
             T acc = 0;
-            for (index_t k = 0; k < K; ++k) acc += X[i * K + k] * W[k * N + n];
+            for (index_t k = 0; k < K; ++k) acc = mul_add(X[i * K + k], W[k * N + n], acc);
             Y[i * N + n] = b ? acc + b[n] : acc;
         }
         act_forward_row(act, Y + i * N, N);
@@ -180,17 +46,15 @@ void dense_forward_naive(T* Y, const T* X, const T* W, const T* b, index_t B, in
 template <typename T>
 void dense_forward(T* Y, const T* X, const T* W, const T* b, index_t B, index_t K, index_t N, Act act,
                    DenseScratch<T>& s) {
-    const index_t Np = round_up(N, Simd<T>::width);
-    T* Wp = s.reserve(K * Np);
-    pack_panel(Wp, W, K, N, N, 1);
     const T* bias = nullptr;
     if (b) {
-        s.bias.assign(Np, T(0));
+        s.bias.assign(round_up(N, gemm_nr<T>()), T(0));
         std::copy(b, b + N, s.bias.begin());
         bias = s.bias.data();
     }
-    gemm_packed(Y, N, X, K, 1, Wp, B, N, K, bias);
-    act_forward_rows(act, Y, B, N);
+    // Elementwise activations run on each register tile as it is stored; softmax needs whole rows.
+    gemm(Y, N, X, K, 1, W, N, 1, B, N, K, bias, act == Act::Softmax ? Act::Linear : act);
+    if (act == Act::Softmax) act_forward_rows(act, Y, B, N);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,7 +72,7 @@ void dense_backward_naive(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, co
     for (index_t k = 0; k < K; ++k)
         for (index_t n = 0; n < N; ++n) {
             T acc = 0;
-            for (index_t i = 0; i < B; ++i) acc += X[i * K + k] * dY[i * N + n];
+            for (index_t i = 0; i < B; ++i) acc = mul_add(X[i * K + k], dY[i * N + n], acc);
             dW[k * N + n] = acc;
         }
     if (db)
@@ -221,25 +85,24 @@ void dense_backward_naive(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, co
         for (index_t i = 0; i < B; ++i)
             for (index_t k = 0; k < K; ++k) {
                 T acc = 0;
-                for (index_t n = 0; n < N; ++n) acc += dY[i * N + n] * W[k * N + n];
+                for (index_t n = 0; n < N; ++n) acc = mul_add(dY[i * N + n], W[k * N + n], acc);
                 dX[i * K + k] = acc;
             }
 }
 
 template <typename T>
 void dense_backward(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T* A, index_t B, index_t K,
-                    index_t N, Act act, DenseScratch<T>& s) {
-    const index_t Np = round_up(N, Simd<T>::width);
-    const index_t Kp = round_up(K, Simd<T>::width);
-    T* buf = s.reserve(std::max(B * Np, N * Kp));
+                    index_t N, Act act, DenseScratch<T>&) {
     act_backward_rows(act, A, dY, B, N);  // dY becomes dZ
-    pack_panel(buf, dY, B, N, N, 1);
-    if (db) column_sums(db, buf, B, N);
-    gemm_packed(dW, N, X, 1, K, buf, K, N, B, static_cast<const T*>(nullptr));
-    if (dX) {
-        pack_panel(buf, W, N, K, 1, N);  // W^T, (N, Kp)
-        gemm_packed(dX, K, dY, N, 1, buf, B, K, N, static_cast<const T*>(nullptr));
+    if (db) {  // column sums, rows added in ascending order
+        std::fill(db, db + N, T(0));
+        for (index_t i = 0; i < B; ++i) {
+            const T* row = dY + i * N;
+            for (index_t n = 0; n < N; ++n) db[n] += row[n];
+        }
     }
+    gemm(dW, N, X, 1, K, dY, N, 1, K, N, B, static_cast<const T*>(nullptr), Act::Linear);  // X^T dZ
+    if (dX) gemm(dX, K, dY, N, 1, W, 1, N, B, K, N, static_cast<const T*>(nullptr), Act::Linear);  // dZ W^T
 }
 
 FASTMLP_ISA_END

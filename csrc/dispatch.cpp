@@ -16,6 +16,8 @@ namespace fastmlp {
     template <typename T>                                                                                    \
     std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec>, LossKind, std::vector<MetricKind>, \
                                                  OptimizerConfig);                                                 \
+    template <typename T>                                                                                    \
+    double run_gemm(const GemmCall<T>&, bool, index_t);                                                      \
     }
 FASTMLP_DECLARE_VARIANT(base)
 #ifdef FASTMLP_HAVE_AVX2
@@ -162,19 +164,22 @@ std::vector<std::string> supported_isas() {
     return out;
 }
 
+// The variant to run: `isa`, or the best supported one when it is empty.
+static std::string pick_isa(const std::string& isa) {
+    const std::vector<std::string> ok = supported_isas();
+    const std::string pick = isa.empty() ? ok.front() : isa;
+    for (const std::string& s : ok)
+        if (s == pick) return pick;
+    std::string list;
+    for (const std::string& s : ok) list += (list.empty() ? "" : ", ") + s;
+    throw std::invalid_argument("Instruction set '" + pick + "' is not available on this machine and build. "
+                                "Expected one of: " + list + ".");
+}
+
 template <typename T>
 std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<LayerSpec> layers, LossKind loss,
                                            std::vector<MetricKind> metrics, OptimizerConfig opt) {
-    const std::vector<std::string> ok = supported_isas();
-    const std::string pick = isa.empty() ? ok.front() : isa;
-    bool found = false;
-    for (const std::string& s : ok) found = found || s == pick;
-    if (!found) {
-        std::string list;
-        for (const std::string& s : ok) list += (list.empty() ? "" : ", ") + s;
-        throw std::invalid_argument("Instruction set '" + pick + "' is not available on this machine and build. "
-                                    "Expected one of: " + list + ".");
-    }
+    const std::string pick = pick_isa(isa);
 #ifdef FASTMLP_HAVE_AVX512
     if (pick == "avx512") return avx512::create_engine<T>(std::move(layers), loss, std::move(metrics), opt);
 #endif
@@ -183,6 +188,22 @@ std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<L
 #endif
     return base::create_engine<T>(std::move(layers), loss, std::move(metrics), opt);
 }
+
+template <typename T>
+double run_gemm(const std::string& isa, const GemmCall<T>& call, bool naive, index_t repeats) {
+    require(repeats >= 1, "repeats must be at least 1; received " + std::to_string(repeats) + ".");
+    const std::string pick = pick_isa(isa);
+#ifdef FASTMLP_HAVE_AVX512
+    if (pick == "avx512") return avx512::run_gemm<T>(call, naive, repeats);
+#endif
+#ifdef FASTMLP_HAVE_AVX2
+    if (pick == "avx2") return avx2::run_gemm<T>(call, naive, repeats);
+#endif
+    return base::run_gemm<T>(call, naive, repeats);
+}
+
+template double run_gemm<float>(const std::string&, const GemmCall<float>&, bool, index_t);
+template double run_gemm<double>(const std::string&, const GemmCall<double>&, bool, index_t);
 
 template std::unique_ptr<EngineBase<float>> make_engine<float>(const std::string&, std::vector<LayerSpec>, LossKind,
                                                                std::vector<MetricKind>, OptimizerConfig);

@@ -316,6 +316,28 @@ std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec> layers, Loss
     return std::make_unique<Engine<T>>(std::move(layers), loss, std::move(metrics), opt);
 }
 
+template <typename T>
+double run_gemm(const GemmCall<T>& c, bool naive, index_t repeats) {
+    FlushDenormals ftz;
+    std::vector<T> bias;
+    if (c.bias) {
+        bias.assign(round_up(c.N, gemm_nr<T>()), T(0));
+        std::copy(c.bias, c.bias + c.N, bias.begin());
+    }
+    const T* b = c.bias ? bias.data() : nullptr;
+    const auto start = std::chrono::steady_clock::now();
+    for (index_t r = 0; r < repeats; ++r) {
+        if (naive)
+            gemm_naive(c.C, c.ldc, c.A, c.ars, c.acs, c.B, c.brs, c.bcs, c.M, c.N, c.K, b, c.act);
+        else
+            gemm(c.C, c.ldc, c.A, c.ars, c.acs, c.B, c.brs, c.bcs, c.M, c.N, c.K, b, c.act);
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / double(repeats);
+}
+
+template double run_gemm<float>(const GemmCall<float>&, bool, index_t);
+template double run_gemm<double>(const GemmCall<double>&, bool, index_t);
+
 template std::unique_ptr<EngineBase<float>> create_engine<float>(std::vector<LayerSpec>, LossKind,
                                                                  std::vector<MetricKind>, OptimizerConfig);
 template std::unique_ptr<EngineBase<double>> create_engine<double>(std::vector<LayerSpec>, LossKind,

@@ -101,4 +101,22 @@ template <typename T>
 std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<LayerSpec> layers, LossKind loss,
                                            std::vector<MetricKind> metrics, OptimizerConfig opt);
 
+// One matrix product for the kernel tests and benchmarks (gemm.hpp's contract; bias unpadded, N
+// entries, or null), run on instruction set `isa` ("" = the best supported one) `repeats` times.
+// Returns the mean seconds per product, timed in C++.
+template <typename T>
+struct GemmCall {
+    T* C;
+    index_t ldc;
+    const T* A;
+    index_t ars, acs;
+    const T* B;
+    index_t brs, bcs;
+    index_t M, N, K;
+    const T* bias;
+    Act act;
+};
+template <typename T>
+double run_gemm(const std::string& isa, const GemmCall<T>& call, bool naive, index_t repeats);
+
 }  // namespace fastmlp

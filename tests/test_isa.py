@@ -1,4 +1,9 @@
-"""Instruction-set variants of the native engine: every variant this CPU runs gives the same bits."""
+"""Instruction-set variants of the native engine.
+
+The variants with fused multiply-add (avx2, avx512) compute the same chains and give the same bits;
+the baseline (SSE2, no FMA) rounds each product separately, so it agrees to float32 rounding. Pinning
+a variant (FASTMLP_ISA, backend.set_isa) is what makes results equal across machines.
+"""
 
 import re
 import shutil
@@ -41,18 +46,26 @@ def _train(isa, widths, acts, loss, x, y, epochs=3):
         ((20, 40, 24, 5), ("tanh", "sigmoid", "softmax"), "categorical_crossentropy"),
     ],
 )
-def test_every_supported_isa_gives_identical_bits(widths, acts, loss):
+def test_fma_variants_give_identical_bits_and_the_baseline_agrees(widths, acts, loss):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((300, widths[0])).astype(np.float32)
     labels = (x[:, : widths[-1]].sum(axis=1) > 0).astype(int) if widths[-1] == 2 else x[:, : widths[-1]].argmax(1)
     y = np.eye(widths[-1], dtype=np.float32)[labels]
     results = {isa: _train(isa, widths, acts, loss, x, y) for isa in _core.supported_isas()}
-    first = next(iter(results.values()))
-    for isa, (weights, history, pred) in results.items():
-        for a, b in zip(weights, first[0]):
+    fma = [isa for isa in results if isa != "base"]
+    for isa in fma[1:]:  # the FMA variants: the same bits
+        weights, history, pred = results[isa]
+        for a, b in zip(weights, results[fma[0]][0]):
             assert np.array_equal(a, b), isa
-        assert history == first[1], isa
-        assert np.array_equal(pred, first[2]), isa
+        assert history == results[fma[0]][1], isa
+        assert np.array_equal(pred, results[fma[0]][2]), isa
+    if fma:  # the baseline: the same to float32 rounding (3 epochs of training amplify it a little)
+        base, other = results["base"], results[fma[0]]
+        for a, b in zip(base[0], other[0]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(base[2], other[2], rtol=1e-4, atol=1e-5)
+        for key in base[1]:
+            np.testing.assert_allclose(base[1][key], other[1][key], rtol=1e-4, atol=1e-6)
 
 
 def test_cpu_info_reports_the_choice():

@@ -7,7 +7,7 @@
 
 from . import _core, activations, backend, callbacks, initializers, layers, losses, metrics, models, optimizers
 from . import plot, reference, regularizers, utils
-from .backend import cpu_info
+from .backend import cpu_info, get_num_threads, set_num_threads
 from .layers import Dense, Input
 from .models import Sequential
 
@@ -32,4 +32,6 @@ __all__ = [
     "Input",
     "Sequential",
     "cpu_info",
+    "get_num_threads",
+    "set_num_threads",
 ]

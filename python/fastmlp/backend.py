@@ -30,8 +30,9 @@ def set_isa(name):
     """Pin the instruction-set variant of the native engine for models compiled from now on.
 
     ``None`` restores the default: the ``FASTMLP_ISA`` environment variable if set, else the best
-    variant this CPU runs. Every variant computes the same bits; pinning one is for benchmarking
-    and for checking exactly that.
+    variant this CPU runs. The variants with fused multiply-add (``avx2``, ``avx512``) compute the
+    same bits; ``base`` (no FMA) agrees to float32 rounding. Pinning one variant makes results
+    bitwise equal across machines that run it.
     """
     from . import _core
 
@@ -57,7 +58,29 @@ def get_isa():
 
 
 def cpu_info():
-    """What the native engine can use here: ``{'isa', 'supported', 'built'}``."""
+    """What the native engine can use here: ``{'isa', 'supported', 'built', 'threads'}``."""
     from . import _core
 
-    return {"isa": get_isa(), "supported": list(_core.supported_isas()), "built": list(_core.built_isas())}
+    return {"isa": get_isa(), "supported": list(_core.supported_isas()), "built": list(_core.built_isas()),
+            "threads": _core.get_num_threads()}
+
+
+def set_num_threads(n):
+    """Set the threads the native kernels use (the calling one included), as ``torch.set_num_threads``.
+
+    The default is the ``FASTMLP_NUM_THREADS`` environment variable if set, else the CPUs this
+    process may run on. Results are bitwise the same whatever the count: threads split output
+    tiles, never a sum.
+    """
+    from . import _core
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"Expected `n` to be a positive integer. Received: n={n!r}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads():
+    """The threads the native kernels use."""
+    from . import _core
+
+    return _core.get_num_threads()

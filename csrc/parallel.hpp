@@ -1,0 +1,38 @@
+// The kernels' thread pool: a fixed set of persistent workers that run the tasks of one parallel
+// region at a time.
+//
+// Determinism contract: callers split work into tasks whose outputs are disjoint and whose results
+// do not depend on which thread runs them or how many threads there are (output tiles, never a
+// split reduction). The pool then only changes speed, never bits: a region that finds the pool busy
+// (another engine training in another thread) or the pool set to one thread simply runs its tasks
+// in the calling thread.
+//
+// Waiting: a worker spins for a few microseconds after a region (the next one usually follows at
+// once), then sleeps on a condition variable, so that an idle pool never holds a core that another
+// process needs.
+#pragma once
+
+namespace fastmlp {
+
+// Threads the kernels use (the caller included): FASTMLP_NUM_THREADS when set, otherwise the CPUs
+// this process may run on.
+int num_threads();
+// Set the count (>= 1); takes effect at the next parallel region.
+void set_num_threads(int n);
+
+// Run fn(ctx, i) for every i in [0, ntasks), on up to min(ntasks, num_threads()) threads, the caller
+// included; returns when all are done. An exception thrown by a task is rethrown here (the first
+// one); the other tasks still run to completion.
+void parallel_for(int ntasks, void (*fn)(void* ctx, int task), void* ctx);
+
+// The same with a callable: parallel_for(n, [&](int i) { ... }).
+template <typename F>
+inline void parallel_for(int ntasks, F&& f) {
+    if (ntasks == 1) {
+        f(0);
+        return;
+    }
+    parallel_for(ntasks, [](void* ctx, int i) { (*static_cast<F*>(ctx))(i); }, static_cast<void*>(&f));
+}
+
+}  // namespace fastmlp
