@@ -424,6 +424,11 @@ void bind_kernels(py::module_& k) {
        py::arg("transpose_a") = false, py::arg("transpose_b") = false, py::arg("isa") = "", py::arg("naive") = false,
        py::arg("repeats") = 1,
        "(act(op(a) @ op(b) + bias), seconds per product): the GEMM kernel on instruction set `isa`.");
+    k.def("fma_peak", [](const std::string& isa, index_t iterations) {
+        py::gil_scoped_release unlocked;
+        return fma_peak(isa, iterations);
+    }, py::arg("isa") = "", py::arg("iterations") = 20000000,
+       "Measured float32 multiply-add peak in GFLOP/s on the kernels' threads (register-only chains).");
     k.def("dense_forward", [](py::handle x, py::handle w, py::handle b, const std::string& act, bool naive) {
         return is_f64(x) ? dense_forward_impl<double>(x, w, b, act, naive) : dense_forward_impl<float>(x, w, b, act, naive);
     }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("act"), py::arg("naive") = false,

@@ -90,16 +90,36 @@ void dense_backward_naive(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, co
             }
 }
 
+// db[lo, hi) := column sums of the (B, N) matrix dZ over those columns, rows added in ascending order.
+template <typename T>
+inline void column_sums(T* db, const T* dZ, index_t B, index_t N, index_t lo, index_t hi) {
+    std::fill(db + lo, db + hi, T(0));
+    for (index_t i = 0; i < B; ++i) {
+        const T* row = dZ + i * N;
+        for (index_t n = lo; n < hi; ++n) db[n] += row[n];
+    }
+}
+
 template <typename T>
 void dense_backward(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T* A, index_t B, index_t K,
                     index_t N, Act act, DenseScratch<T>&) {
-    act_backward_rows(act, A, dY, B, N);  // dY becomes dZ
-    if (db) {  // column sums, rows added in ascending order
-        std::fill(db, db + N, T(0));
-        for (index_t i = 0; i < B; ++i) {
-            const T* row = dY + i * N;
-            for (index_t n = 0; n < N; ++n) db[n] += row[n];
-        }
+    if (act == Act::Softmax) {
+        act_backward_rows(act, A, dY, B, N);
+        if (db) column_sums(db, dY, B, N, 0, N);
+    } else {
+        // One pass over dY: dZ = dY * act'(Z) in place and db = colsum(dZ), in column strips that
+        // the threads share out (each column's sum stays in one thread, in row order).
+        const int tasks = static_cast<int>(std::min<index_t>(num_threads(), std::min(B * N / 65536, N / 64)));
+        const auto strip = [&](int t) {
+            const index_t lo = tasks > 1 ? round_up(N * t / tasks, 16) : 0;
+            const index_t hi = tasks > 1 ? std::min(N, round_up(N * (t + 1) / tasks, 16)) : N;
+            for (index_t i = 0; i < B; ++i) act_backward_row(act, A + i * N + lo, dY + i * N + lo, hi - lo);
+            if (db) column_sums(db, dY, B, N, lo, hi);
+        };
+        if (tasks > 1)
+            parallel_for(tasks, strip);
+        else
+            strip(0);
     }
     gemm(dW, N, X, 1, K, dY, N, 1, K, N, B, static_cast<const T*>(nullptr), Act::Linear);  // X^T dZ
     if (dX) gemm(dX, K, dY, N, 1, W, 1, N, B, K, N, static_cast<const T*>(nullptr), Act::Linear);  // dZ W^T

@@ -18,6 +18,7 @@ namespace fastmlp {
                                                  OptimizerConfig);                                                 \
     template <typename T>                                                                                    \
     double run_gemm(const GemmCall<T>&, bool, index_t);                                                      \
+    double fma_peak(index_t);                                                                                \
     }
 FASTMLP_DECLARE_VARIANT(base)
 #ifdef FASTMLP_HAVE_AVX2
@@ -200,6 +201,18 @@ double run_gemm(const std::string& isa, const GemmCall<T>& call, bool naive, ind
     if (pick == "avx2") return avx2::run_gemm<T>(call, naive, repeats);
 #endif
     return base::run_gemm<T>(call, naive, repeats);
+}
+
+double fma_peak(const std::string& isa, index_t iterations) {
+    require(iterations >= 1, "iterations must be at least 1; received " + std::to_string(iterations) + ".");
+    const std::string pick = pick_isa(isa);
+#ifdef FASTMLP_HAVE_AVX512
+    if (pick == "avx512") return avx512::fma_peak(iterations);
+#endif
+#ifdef FASTMLP_HAVE_AVX2
+    if (pick == "avx2") return avx2::fma_peak(iterations);
+#endif
+    return base::fma_peak(iterations);
 }
 
 template double run_gemm<float>(const std::string&, const GemmCall<float>&, bool, index_t);

@@ -1,6 +1,7 @@
 #include "engine.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <string>
@@ -11,6 +12,21 @@
 #include "shuffle.hpp"
 
 FASTMLP_ISA_BEGIN
+
+// Elementwise work (each output from its own inputs only) of at least this many elements is split
+// over the pool; a split cannot change a bit.
+constexpr index_t kElementwiseChunk = index_t(1) << 16;
+
+// f(lo, hi) over [0, n) in contiguous pieces, one per thread when n is large enough to pay for it.
+template <typename F>
+void for_chunks(index_t n, index_t min_chunk, F&& f) {
+    const index_t tasks = std::min<index_t>(num_threads(), n / min_chunk);
+    if (tasks <= 1) {
+        f(index_t(0), n);
+        return;
+    }
+    parallel_for(static_cast<int>(tasks), [&](int t) { f(n * t / tasks, n * (t + 1) / tasks); });
+}
 
 template <typename T>
 Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics, OptimizerConfig opt)
@@ -179,12 +195,29 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const std::uint32_t* i
         }
         return forward_backward_narrow(B, L, metric_sums);
     }
-    for (index_t r = 0; r < B; ++r) {
-        const index_t src = static_cast<index_t>(idx[r]);
-        for (index_t k = 0; k < K; ++k) xb_[r * K + k] = X[src * K + k];
-        for (index_t j = 0; j < yc; ++j) yb_[r * yc + j] = Y[src * yc + j];
-    }
+    for_chunks(B, std::max<index_t>(1, kElementwiseChunk / (K + yc)), [&](index_t lo, index_t hi) {
+        for (index_t r = lo; r < hi; ++r) {
+            const index_t src = static_cast<index_t>(idx[r]);
+            std::copy(X + src * K, X + src * K + K, xb_.data() + r * K);
+            std::copy(Y + src * yc, Y + src * yc + yc, yb_.data() + r * yc);
+        }
+    });
     return forward_backward(xb_.data(), yb_.data(), B, metric_sums);
+}
+
+// The fused optimizer update over the whole arena, split over the pool; false if a weight became
+// NaN or infinite.
+template <typename T>
+bool Engine<T>::update_weights() {
+    T* s1 = velocity_.empty() ? nullptr : velocity_.data();
+    T* s2 = second_.empty() ? nullptr : second_.data();
+    std::atomic<bool> finite{true};
+    for_chunks(static_cast<index_t>(params_.size()), kElementwiseChunk, [&](index_t lo, index_t hi) {
+        if (!optimizer_step(opt_, params_.data() + lo, grads_.data() + lo, s1 ? s1 + lo : nullptr,
+                            s2 ? s2 + lo : nullptr, hi - lo, iterations_))
+            finite.store(false, std::memory_order_relaxed);
+    });
+    return finite.load();
 }
 
 template <typename T>
@@ -233,8 +266,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
             break;
         }
         clip_gradients(opt_, grads_.data(), segments_);
-        const bool finite = optimizer_step(opt_, params_.data(), grads_.data(), velocity_.data(), second_.data(),
-                                           static_cast<index_t>(params_.size()), iterations_);
+        const bool finite = update_weights();
         ++iterations_;
         sums_.loss += loss;
         for (std::size_t m = 0; m < step_metrics.size(); ++m) sums_.metrics[m] += step_metrics[m];
@@ -333,6 +365,31 @@ double run_gemm(const GemmCall<T>& c, bool naive, index_t repeats) {
             gemm(c.C, c.ldc, c.A, c.ars, c.acs, c.B, c.brs, c.bcs, c.M, c.N, c.K, b, c.act);
     }
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / double(repeats);
+}
+
+// The float32 multiply-add peak this variant reaches: every thread runs kMR * kNV independent
+// vector chains for `iterations` steps (no memory traffic). Returns GFLOP/s over all threads.
+double fma_peak(index_t iterations) {
+    using vec = Simd<float>::vec;
+    constexpr int kChains = kMR * kNV;
+    const int threads = num_threads();
+    std::vector<float> sink(threads);
+    const auto start = std::chrono::steady_clock::now();
+    parallel_for(threads, [&](int t) {
+        vec acc[kChains];
+        for (int c = 0; c < kChains; ++c) acc[c] = splat(float(c + t) * 1e-3f);
+        const vec a = splat(0.999f), b = splat(1e-4f);
+        for (index_t i = 0; i < iterations; ++i)
+            for (int c = 0; c < kChains; ++c) acc[c] = mul_add(acc[c], a, b);
+        float total = 0;
+        for (int c = 0; c < kChains; ++c)
+            for (index_t l = 0; l < Simd<float>::width; ++l) total += acc[c][l];
+        sink[t] = total;
+    });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    volatile float keep = 0;
+    for (float v : sink) keep = keep + v;
+    return 2.0 * kChains * Simd<float>::width * double(iterations) * threads / seconds / 1e9;
 }
 
 template double run_gemm<float>(const GemmCall<float>&, bool, index_t);

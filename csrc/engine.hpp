@@ -48,6 +48,7 @@ private:
     void check_labels(const T* Y, index_t n) const;
     const T* loss_targets(const T* Y, index_t n);
     double penalties(bool add_gradients);
+    bool update_weights();
 
     // Tiny networks train on the feature-major kernels of narrow.hpp (decided by the widths alone,
     // so a given model always takes the same path and gives the same bits).

@@ -118,5 +118,7 @@ struct GemmCall {
 };
 template <typename T>
 double run_gemm(const std::string& isa, const GemmCall<T>& call, bool naive, index_t repeats);
+// The float32 multiply-add peak of variant `isa` on the kernels' threads, in GFLOP/s (for benches).
+double fma_peak(const std::string& isa, index_t iterations);
 
 }  // namespace fastmlp

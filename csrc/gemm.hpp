@@ -106,9 +106,14 @@ template <typename T>
 constexpr index_t gemm_nr() {
     return kNV * Simd<T>::width;
 }
-constexpr index_t kKC = 256;
-constexpr index_t kMC = 144;
-constexpr index_t kNC = 3072;
+#ifndef FASTMLP_GEMM_KC
+#define FASTMLP_GEMM_KC 512
+#define FASTMLP_GEMM_MC 96
+#define FASTMLP_GEMM_NC 3072
+#endif
+constexpr index_t kKC = FASTMLP_GEMM_KC;
+constexpr index_t kMC = FASTMLP_GEMM_MC;
+constexpr index_t kNC = FASTMLP_GEMM_NC;
 // Below this many multiply-adds a product runs in the calling thread (a pool wake-up costs more).
 constexpr index_t kParallelMacs = index_t(1) << 18;
 
@@ -175,6 +180,7 @@ inline void micro_kernel(index_t kc, const T* __restrict Ap, const T* __restrict
         for (int r = 0; r < kMR; ++r)
             for (int v = 0; v < kNV; ++v) acc[r][v] = vec{};
     }
+#pragma GCC unroll 4
     for (index_t p = 0; p < kc; ++p) {
         vec b[kNV];
         for (int v = 0; v < kNV; ++v) std::memcpy(&b[v], Bp + p * kNV * W + v * W, sizeof(vec));
@@ -225,18 +231,20 @@ struct GemmArgs {
 template <typename T>
 void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_t n1) {
     constexpr index_t NR = gemm_nr<T>();
+    // K in equal blocks of at most kKC (1100 = 367 + 367 + 366, not 512 + 512 + 76).
     const index_t kblocks = std::max<index_t>(1, (g.K + kKC - 1) / kKC);
+    const index_t kstep = (g.K + kblocks - 1) / kblocks;
     for (index_t jc = n0; jc < n1; jc += kNC) {
         const index_t nc = std::min(kNC, n1 - jc);
         for (index_t pb = 0; pb < kblocks; ++pb) {
-            const index_t pc = pb * kKC;
-            const index_t kc = std::min(kKC, g.K - pc);
+            const index_t pc = pb * kstep;
+            const index_t kc = std::min(kstep, g.K - pc);
             const bool first = pb == 0, last = pb + 1 == kblocks;
-            T* Bp = gemm_buffer<T>(1, kc * round_up(nc, NR));
+            T* Bp = gemm_buffer<T>(1, kstep * round_up(nc, NR));
             pack_b(Bp, g.B + pc * g.brs + jc * g.bcs, g.brs, g.bcs, kc, nc);
             for (index_t ic = m0; ic < m1; ic += kMC) {
                 const index_t mc = std::min(kMC, m1 - ic);
-                T* Ap = gemm_buffer<T>(0, round_up(mc, kMR) * kc);
+                T* Ap = gemm_buffer<T>(0, round_up(kMC, kMR) * kstep);
                 pack_a(Ap, g.A + ic * g.ars + pc * g.acs, g.ars, g.acs, mc, kc);
                 for (index_t jr = 0; jr < nc; jr += NR) {
                     const index_t cols = std::min(NR, nc - jr);
@@ -244,6 +252,8 @@ void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_
                     for (index_t ir = 0; ir < mc; ir += kMR) {
                         const index_t rows = std::min<index_t>(kMR, mc - ir);
                         T* c = g.C + (ic + ir) * g.ldc + jc + jr;
+                        if (ir + kMR < mc)  // the next tile's rows of C, while this one computes
+                            for (int r = 0; r < kMR; ++r) __builtin_prefetch(c + (kMR + r) * g.ldc, 1);
                         if (rows == kMR && cols == NR) {
                             micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, c, g.ldc, !first, bias);
                         } else {  // an edge tile goes through a full-size tile on the stack

@@ -12,6 +12,8 @@
 // process needs.
 #pragma once
 
+#include <type_traits>
+
 namespace fastmlp {
 
 // Threads the kernels use (the caller included): FASTMLP_NUM_THREADS when set, otherwise the CPUs
@@ -28,11 +30,13 @@ void parallel_for(int ntasks, void (*fn)(void* ctx, int task), void* ctx);
 // The same with a callable: parallel_for(n, [&](int i) { ... }).
 template <typename F>
 inline void parallel_for(int ntasks, F&& f) {
+    using Fn = std::remove_reference_t<F>;
     if (ntasks == 1) {
         f(0);
         return;
     }
-    parallel_for(ntasks, [](void* ctx, int i) { (*static_cast<F*>(ctx))(i); }, static_cast<void*>(&f));
+    parallel_for(ntasks, [](void* ctx, int i) { (*static_cast<Fn*>(ctx))(i); },
+                 const_cast<void*>(static_cast<const void*>(&f)));
 }
 
 }  // namespace fastmlp
