@@ -232,11 +232,12 @@ def _format_time(seconds):
 
 
 def _format_eta(seconds):
+    seconds = int(seconds)
     if seconds > 3600:
-        return "%d:%02d:%02d" % (seconds // 3600, (seconds % 3600) // 60, seconds % 60)
+        return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
     if seconds > 60:
-        return "%d:%02d" % (seconds // 60, seconds % 60)
-    return "%ds" % seconds
+        return f"{seconds // 60}:{seconds % 60:02d}"
+    return f"{seconds}s"
 
 
 def _format_value(value):
@@ -361,7 +362,7 @@ class MonitorCallback(Callback):
         elif self.mode == "max":
             self.monitor_op = np.greater
         else:
-            name = self.monitor[4:] if self.monitor.startswith("val_") else self.monitor
+            name = self.monitor.removeprefix("val_")
             compiled = getattr(self.model, "_compile_args", None) or {}
             metrics = ["loss", *compiled.get("metrics", [])]
             if name in metrics and name in _LOWER_IS_BETTER:

@@ -28,6 +28,8 @@ from .layers.core import Activation, Dense, Flatten, InputLayer, _auto_name
 from .reference import ReferenceEngine
 from .saving import load_model
 
+__all__ = ["Sequential", "load_model"]
+
 BACKENDS = ("cpu", "numpy")
 
 # A live progress bar is redrawn about this often; the epoch runs natively in slices of this length.

@@ -20,6 +20,9 @@ shuffling state (the model's shuffle seed and epochs begun) as the ``fastmlp`` a
 HDF5 root, which Keras ignores, so that a model saved during training and reloaded continues with
 exactly the batches of uninterrupted training.
 
+Saving reads the optimizer's state directly: save between training steps (from a callback, or
+after ``fit``), not from another thread while a ``fit`` is running.
+
 Writes go to a temporary file in the target's folder, renamed over the target once complete. Reads
 check the whole file (zip structure, JSON, HDF5, every shape) before anything is built or
 assigned: a corrupt or truncated file raises ValueError naming the file and the problem, and the
@@ -328,12 +331,17 @@ def _plan(model, stored, source, skip_mismatch):
                           f"{len(current)} variables whereas the saved optimizer has {len(values)} variables.",
                           stacklevel=3)
         else:
-            for i, (value, target) in enumerate(zip(values, current)):
-                _check_shape(value, target.shape, f"{source}: optimizer/vars/{i}")
-            if values[0] < 0 or not all(np.all(np.isfinite(v)) for v in values[1:]):
+            try:
+                for i, (value, target) in enumerate(zip(values, current)):
+                    _check_shape(value, target.shape, f"{source}: optimizer/vars/{i}")
+                optimizer = values
+            except ValueError as e:
+                if not skip_mismatch:
+                    raise
+                warnings.warn(f"Skipping variable loading for optimizer '{model.optimizer.name}': {e}", stacklevel=3)
+            if optimizer is not None and (values[0] < 0 or not all(np.all(np.isfinite(v)) for v in values[1:])):
                 raise ValueError(f"{source}: the optimizer's state holds a negative iteration count or non-finite "
                                  "values.")
-            optimizer = values
     state = stored["fastmlp"]
     seed, epochs = state.get("shuffle_seed"), state.get("shuffle_epochs", 0)
     if (seed is not None and (not isinstance(seed, int) or seed < 0)) or not isinstance(epochs, int) or epochs < 0:
