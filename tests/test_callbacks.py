@@ -234,6 +234,9 @@ def test_a_history_or_progbar_given_is_used_not_duplicated():
     returned = model.fit(x, y, epochs=2, callbacks=[history, callbacks.ProgbarLogger(stream=stream)], verbose=2)
     assert returned is history and model.history is history and history.epoch == [0, 1]
     assert stream.getvalue().count("Epoch ") == 2
+    quiet = io.StringIO()
+    model.fit(x, y, epochs=2, callbacks=[callbacks.ProgbarLogger(stream=quiet)], verbose=0)
+    assert quiet.getvalue() == ""  # verbose=0 reaches a ProgbarLogger given without its own verbose
 
 
 # ---- progress output ----

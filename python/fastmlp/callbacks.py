@@ -319,6 +319,8 @@ class ProgbarLogger(Callback):
             _open_line["stream"] = None
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.verbose:
+            return
         elapsed = time.perf_counter() - self._start
         steps = self.params.get("steps", 1)
         if self.live:

@@ -351,6 +351,13 @@ class Sequential:
         The epoch loss (and each metric) is the batch-size-weighted mean of the per-batch values,
         computed with the weights at each step; the last partial batch is kept.
 
+        `callbacks` (``fastmlp.callbacks``) get Keras 3's hooks. Each epoch is one native call
+        unless a callback overrides a batch hook; the engine then runs batch by batch, with the
+        same results. Shuffling is seeded per model (drawn from ``fastmlp.utils``'s generator at
+        the model's first fit) and per epoch of its life, and saved with it: a model saved after
+        k epochs, reloaded and trained with ``initial_epoch=k`` ends where uninterrupted training
+        does, bit for bit.
+
         A batch whose loss is NaN or infinite ends training as Keras's ``TerminateOnNaN`` does, with
         a message naming the first layer whose gradient is not finite; that batch's update is not
         applied, so the weights stay finite. ``on_nonfinite='raise'`` raises ``FloatingPointError``
