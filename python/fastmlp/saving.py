@@ -267,12 +267,15 @@ def _read_weights(data, source):
         with f:
             layers = {}
             if "layers" in f:
+                if not isinstance(f["layers"], h5py.Group):
+                    raise ValueError(f"{source} is corrupt: its 'layers' entry is not a group.")
                 for name, group in f["layers"].items():
                     vars_group = group.get("vars") if isinstance(group, h5py.Group) else None
                     layers[f"layers/{name}"] = _read_group(vars_group, f"{source}: layers/{name}/vars") if isinstance(
                         vars_group, h5py.Group) else []
             optimizer = None
-            if "optimizer" in f and isinstance(f["optimizer"].get("vars"), h5py.Group):
+            if "optimizer" in f and isinstance(f["optimizer"], h5py.Group) and isinstance(
+                    f["optimizer"].get("vars"), h5py.Group):
                 optimizer = _read_group(f["optimizer"]["vars"], f"{source}: optimizer/vars")
             state = {}
             if "fastmlp" in f.attrs:
