@@ -679,6 +679,41 @@ def test_summary_lists_layers_and_param_counts(capsys):
     assert "\n".join(lines) + "\n" == out
 
 
+KERAS_SUMMARY = """\
+Model: "sequential"
+┏━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━┓
+┃ Layer (type)                         ┃ Output Shape                ┃         Param # ┃
+┡━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━┩
+│ flatten (Flatten)                    │ (None, 6)                   │               0 │
+├──────────────────────────────────────┼─────────────────────────────┼─────────────────┤
+│ dense (Dense)                        │ (None, 4)                   │              28 │
+├──────────────────────────────────────┼─────────────────────────────┼─────────────────┤
+│ activation (Activation)              │ (None, 4)                   │               0 │
+├──────────────────────────────────────┼─────────────────────────────┼─────────────────┤
+│ dense_1 (Dense)                      │ (None, 2)                   │              10 │
+└──────────────────────────────────────┴─────────────────────────────┴─────────────────┘
+ Total params: 38 (152.00 B)
+ Trainable params: 38 (152.00 B)
+ Non-trainable params: 0 (0.00 B)
+"""
+
+
+def test_summary_matches_keras_3_on_a_wide_terminal(monkeypatch):
+    """KERAS_SUMMARY is Keras 3.15.1's summary() of the same model, printed with COLUMNS=200."""
+    from fastmlp.layers import Activation, Flatten
+
+    monkeypatch.setenv("COLUMNS", "200")
+    model = Sequential([Input(shape=(2, 3)), Flatten(name="flatten"), Dense(4, name="dense"),
+                        Activation("relu", name="activation"), Dense(2, activation="softmax", name="dense_1")],
+                       name="sequential")
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "\n".join(lines) + "\n" == KERAS_SUMMARY
+    unbuilt = []
+    Sequential([Dense(4), Dense(2)]).summary(print_fn=unbuilt.append)
+    assert re.search(r"│ dense\S* \(Dense\)\s+│ \?\s+│\s+0 \(unbuilt\) │", unbuilt[4]), unbuilt[4]
+
+
 # ---- optimizer arguments ----
 
 

@@ -6,7 +6,7 @@
 """
 
 from . import _core, activations, backend, callbacks, initializers, layers, losses, metrics, models, optimizers
-from . import plot, reference, regularizers, utils
+from . import plot, reference, regularizers, saving, utils
 from .backend import cpu_info, get_num_threads, set_num_threads
 from .layers import Dense, Input
 from .models import Sequential
@@ -27,6 +27,7 @@ __all__ = [
     "plot",
     "reference",
     "regularizers",
+    "saving",
     "utils",
     "Dense",
     "Input",

@@ -1,8 +1,10 @@
 """Weight initializers (Keras names and classes), drawing from fastmlp's seeded generator."""
 
+import inspect
+
 import numpy as np
 
-from . import utils
+from . import _keras_config, utils
 
 
 class Initializer:
@@ -175,6 +177,8 @@ def get(identifier):
         return identifier
     if isinstance(identifier, type) and issubclass(identifier, Initializer):
         return identifier()
+    if isinstance(identifier, dict):  # Keras's serialized form
+        return deserialize(identifier)
     if isinstance(identifier, str) and identifier in _BY_NAME:
         return _BY_NAME[identifier]()
     raise ValueError(
@@ -183,8 +187,23 @@ def get(identifier):
     )
 
 
-def name_of(init):
-    for name, cls in _BY_NAME.items():
-        if type(init) is cls:
-            return name
-    return type(init).__name__
+_CLASSES = {cls.__name__: cls for cls in (Zeros, Ones, Constant, RandomNormal, RandomUniform, TruncatedNormal,
+                                           VarianceScaling, GlorotUniform, GlorotNormal, HeUniform, HeNormal,
+                                           LecunUniform, LecunNormal)}
+
+
+def serialize(initializer):
+    """Keras 3's serialized form: ``{'module': 'keras.initializers', 'class_name': 'GlorotUniform', ...}``."""
+    return _keras_config.keras_object("keras.initializers", type(initializer).__name__, initializer.get_config())
+
+
+def deserialize(config):
+    """An initializer from Keras's serialized form (or a name)."""
+    if isinstance(config, str):
+        return get(config)
+    class_name, settings = _keras_config.unpack(config, "initializer")
+    cls = _CLASSES.get(class_name)
+    if cls is None:
+        raise ValueError(f"Initializer {class_name!r} is not supported by fastmlp. Supported: {', '.join(_CLASSES)}.")
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return cls(**_keras_config.keyword_args(cls, settings, allowed, "Initializer"))

@@ -4,6 +4,8 @@ activation where it can: cross-entropies on probabilities or on logits (``from_l
 
 import numbers
 
+from . import _keras_config
+
 
 class Loss:
     """Base class of the losses; ``get_config`` describes one."""
@@ -26,7 +28,9 @@ class Loss:
         return {"huber_delta": 1.0, "label_smoothing": self.label_smoothing}
 
     def get_config(self):
-        return {"name": self.name, "from_logits": self.from_logits, "label_smoothing": self.label_smoothing}
+        """Keras 3's config of this loss (``keras.losses.BinaryCrossentropy(...).get_config()``)."""
+        return {"name": self.name, "reduction": "sum_over_batch_size", "from_logits": self.from_logits,
+                "label_smoothing": self.label_smoothing, "axis": -1}
 
 
 class BinaryCrossentropy(Loss):
@@ -43,6 +47,9 @@ class SparseCategoricalCrossentropy(Loss):
     def __init__(self, from_logits=False):
         super().__init__(from_logits)
 
+    def get_config(self):
+        return {"name": self.name, "reduction": "sum_over_batch_size", "from_logits": self.from_logits}
+
 
 class MeanSquaredError(Loss):
     name = "mean_squared_error"
@@ -50,12 +57,18 @@ class MeanSquaredError(Loss):
     def __init__(self):
         super().__init__()
 
+    def get_config(self):
+        return {"name": self.name, "reduction": "sum_over_batch_size"}
+
 
 class MeanAbsoluteError(Loss):
     name = "mean_absolute_error"
 
     def __init__(self):
         super().__init__()
+
+    def get_config(self):
+        return {"name": self.name, "reduction": "sum_over_batch_size"}
 
 
 class Huber(Loss):
@@ -73,7 +86,7 @@ class Huber(Loss):
         return {"huber_delta": self.delta, "label_smoothing": 0.0}
 
     def get_config(self):
-        return {"name": self.name, "delta": self.delta}
+        return {"name": self.name, "reduction": "sum_over_batch_size", "delta": self.delta}
 
 
 _BY_NAME = {
@@ -94,6 +107,38 @@ def get(identifier):
         return identifier
     if isinstance(identifier, type) and issubclass(identifier, Loss) and identifier.name:
         return identifier()
+    if isinstance(identifier, dict):  # Keras's serialized form
+        return deserialize(identifier)
     if isinstance(identifier, str) and identifier in _BY_NAME:
         return _BY_NAME[identifier]()
     raise ValueError(f"Unknown loss {identifier!r}. Expected one of: {', '.join(_BY_NAME)}, or a fastmlp.losses.Loss.")
+
+
+_CLASSES = {cls.__name__: cls for cls in (BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy,
+                                           MeanSquaredError, MeanAbsoluteError, Huber)}
+_KERAS_SETTINGS = {"from_logits", "label_smoothing", "delta"}
+
+
+def serialize(loss):
+    """Keras 3's serialized form: ``{'module': 'keras.losses', 'class_name': 'CategoricalCrossentropy', ...}``."""
+    return _keras_config.keras_object("keras.losses", type(loss).__name__, loss.get_config())
+
+
+def deserialize(config):
+    """A Loss from Keras's serialized form, or from a name such as ``'mse'``."""
+    if isinstance(config, str):
+        return get(config)
+    class_name, settings = _keras_config.unpack(config, "loss")
+    if class_name == "function" and isinstance(settings, str):  # a loss function, e.g. keras.losses.mse
+        return get(settings)
+    cls = _CLASSES.get(class_name)
+    if cls is None:
+        raise ValueError(f"Loss {class_name!r} is not supported by fastmlp. Supported: {', '.join(_CLASSES)}.")
+    if settings.get("reduction", "sum_over_batch_size") not in ("sum_over_batch_size", "auto", None):
+        raise ValueError(f"Loss {class_name}: reduction={settings['reduction']!r} is not supported by fastmlp; "
+                         "it computes Keras's default, 'sum_over_batch_size'.")
+    if settings.get("axis", -1) != -1:
+        raise ValueError(f"Loss {class_name}: axis={settings['axis']!r} is not supported; fastmlp reduces the last axis.")
+    allowed = _KERAS_SETTINGS & set(cls().get_config())
+    return cls(**_keras_config.keyword_args(cls, settings, allowed, "Loss", ignored=("name", "reduction", "axis",
+                                                                                      "dtype")))

@@ -4,7 +4,9 @@
 ``backend='numpy'``: the pure-NumPy reference) that owns the parameters, gradients and optimizer
 state in flat arenas; the layers' ``kernel`` and ``bias`` become views into that arena. ``fit``
 runs each epoch as one native call with the GIL released (in slices only when a live progress bar
-is shown); Python handles History, progress and callbacks between epochs.
+is shown, batch by batch only when a callback overrides a batch hook); Python handles History,
+progress and callbacks between epochs. ``save``/``load_model`` read and write Keras 3's ``.keras``
+files (``fastmlp.saving``).
 
 Threads: calls into one model's engine are serialized (a predict waits for the running batch), a
 second concurrent fit is refused, and get_weights/set_weights are taken between steps. The layers'
@@ -13,6 +15,7 @@ is not synchronized.
 """
 
 import numbers
+import shutil
 import threading
 import time
 import weakref
@@ -20,9 +23,12 @@ import weakref
 import numpy as np
 
 from . import _core, backend as _backend, callbacks as _callbacks, losses as _losses, metrics as _metrics
-from . import optimizers as _optimizers, utils as _utils
+from . import _keras_config, optimizers as _optimizers, saving as _saving, utils as _utils
 from .layers.core import Activation, Dense, Flatten, InputLayer, _auto_name
 from .reference import ReferenceEngine
+from .saving import load_model
+
+__all__ = ["Sequential", "load_model"]
 
 BACKENDS = ("cpu", "numpy")
 
@@ -74,7 +80,14 @@ class Sequential:
         self._sample_shape = None  # a multi-dimensional input's shape per sample (Flatten)
         self._pending_flatten = False  # an Input of several dimensions waits for its Flatten
         self._activations = {}  # Dense index -> activation of an Activation layer fused after it
+        self._input_layer = None
+        self._floatx = None  # the float type of a loaded model, else backend.floatx() at build/compile
         self._fit_lock = threading.Lock()  # one fit at a time; other calls are serialized natively
+        # Shuffling: one seed per model, drawn at its first fit, and a count of the epochs begun;
+        # epoch k of the model's life is shuffled by (seed, k), so a saved and reloaded model resumes
+        # with the same batches as uninterrupted training.
+        self._shuffle_seed = None
+        self._shuffle_epochs = 0
         self._engine = None
         self._compile_args = None
         self.optimizer = None
@@ -97,6 +110,7 @@ class Sequential:
             if self._all_layers or self._input_dim is not None:
                 raise ValueError("An Input must come first in a Sequential model, before any other layer.")
             self._input_dim = layer.input_dim
+            self._input_layer = layer
             if len(layer.shape) > 1:
                 self._sample_shape, self._pending_flatten = layer.shape, True
             return
@@ -168,7 +182,7 @@ class Sequential:
         prev = self._input_dim
         for layer in self._layers:
             if not layer.built:
-                layer.build(prev, _backend.floatx())
+                layer.build(prev, self._floatx or _backend.floatx())
             elif layer.input_dim != prev:
                 raise ValueError(f"Layer {layer.name!r} was built for {layer.input_dim} inputs, not {prev}.")
             prev = layer.units
@@ -210,7 +224,8 @@ class Sequential:
         self.optimizer = opt
         self.loss = loss_name
         self._loss = loss_object
-        self._compile_args = {"metrics": list(metrics), "kinds": kinds, "backend": backend, "dtype": _backend.floatx()}
+        self._compile_args = {"metrics": list(metrics), "kinds": kinds, "backend": backend,
+                              "dtype": self._floatx or _backend.floatx()}
         self._engine = None
         if self.built:
             self._make_engine()
@@ -336,6 +351,13 @@ class Sequential:
         The epoch loss (and each metric) is the batch-size-weighted mean of the per-batch values,
         computed with the weights at each step; the last partial batch is kept.
 
+        `callbacks` (``fastmlp.callbacks``) get Keras 3's hooks. Each epoch is one native call
+        unless a callback overrides a batch hook; the engine then runs batch by batch, with the
+        same results. Shuffling is seeded per model (drawn from ``fastmlp.utils``'s generator at
+        the model's first fit) and per epoch of its life, and saved with it: a model saved after
+        k epochs, reloaded and trained with ``initial_epoch=k`` ends where uninterrupted training
+        does, bit for bit.
+
         A batch whose loss is NaN or infinite ends training as Keras's ``TerminateOnNaN`` does, with
         a message naming the first layer whose gradient is not finite; that batch's update is not
         applied, so the weights stay finite. ``on_nonfinite='raise'`` raises ``FloatingPointError``
@@ -387,56 +409,66 @@ class Sequential:
                 )
             x, y, val = x[:split], y[:split], (x[split:], y[split:])
 
-        history = _callbacks.History()
-        progbar = _callbacks.ProgbarLogger(verbose) if verbose else None
-        cbs = ([progbar] if progbar else []) + list(callbacks or []) + [history]
         steps = _steps(len(x), batch_size)
-        for cb in cbs:
-            if not isinstance(cb, _callbacks.Callback):
-                raise TypeError(f"Expected callbacks to be fastmlp.callbacks.Callback instances. Received: {cb!r}")
-            cb.set_model(self)
-            cb.set_params({"epochs": epochs, "steps": steps, "verbose": verbose})
-        seed = _utils.next_seed()
+        cbs = _callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self,
+                                      verbose=verbose, epochs=epochs, steps=steps)
+        if self._shuffle_seed is None:
+            self._shuffle_seed = _utils.next_seed()
+        by_batch = cbs.needs_batches("train")
+        live = cbs.progbar is not None and cbs.progbar.live
         self.stop_training = False
-        self.history = history
-        for cb in cbs:
-            cb.on_train_begin()
+        logs = None
+        cbs.on_train_begin()
         slice_steps = 1
         for epoch in range(initial_epoch, epochs):
-            for cb in cbs:
-                cb.on_epoch_begin(epoch)
-            engine.begin_epoch(len(x), batch_size, shuffle, seed, epoch)
+            cbs.on_epoch_begin(epoch)
+            engine.begin_epoch(len(x), batch_size, shuffle, self._shuffle_seed, self._shuffle_epochs)
+            self._shuffle_epochs += 1
+            done = 0
             while True:
-                if progbar is not None and progbar.live:
+                if by_batch:  # Keras's per-batch hooks, with the running means as logs
+                    cbs.on_train_batch_begin(done)
+                    sums = engine.train_steps(x, y, 1)
+                    if not sums["stop"]:
+                        batch_logs = {k: float(v) for k, v in self._logs(sums).items()}
+                        cbs.on_train_batch_end(done, batch_logs)
+                        if live:
+                            cbs.progbar.update(sums["steps_done"], sums["steps_total"], batch_logs)
+                elif live:
                     t0 = time.perf_counter()
                     sums = engine.train_steps(x, y, slice_steps)
-                    per_step = (time.perf_counter() - t0) / slice_steps
+                    per_step = (time.perf_counter() - t0) / max(sums["steps_done"] - done, 1)
                     slice_steps = max(1, int(_REDRAW_SECONDS / max(per_step, 1e-9)))
-                    progbar.update(sums["steps_done"], sums["steps_total"], self._logs(sums))
+                    cbs.progbar.update(sums["steps_done"], sums["steps_total"], self._logs(sums))
                 else:
                     sums = engine.train_steps(x, y, 0)
-                if sums["stop"] or sums["steps_done"] >= sums["steps_total"]:
+                done = sums["steps_done"]
+                if sums["stop"] or done >= sums["steps_total"] or self.stop_training:
                     break
             logs = self._logs(sums)
             if sums["stop"]:
-                message = self._nonfinite_message(sums, epoch)
-                if on_nonfinite == "raise":
-                    raise FloatingPointError(message)
-                print(message)
-                if sums["stop"] == "nonfinite_loss":
-                    logs["loss"] = float("nan")  # the epoch's loss is NaN, as Keras logs it
-                self.stop_training = True
+                self._stop_nonfinite(sums, epoch, logs, on_nonfinite, cbs)
             if val is not None:
-                logs.update(self._logs(engine.evaluate(val[0], val[1], batch_size), prefix="val_"))
+                logs.update(self._run_evaluate(val[0], val[1], batch_size, cbs, prefix="val_"))
             logs = {k: float(v) for k, v in logs.items()}
-            for cb in cbs:
-                cb.on_epoch_end(epoch, logs)
+            cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
-        for cb in cbs:
-            cb.on_train_end()
-        self.history = history
-        return history
+        cbs.on_train_end(logs)
+        return cbs.history
+
+    def _stop_nonfinite(self, sums, epoch, logs, on_nonfinite, cbs):
+        """End training after the engine stopped on a non-finite loss or weights."""
+        message = self._nonfinite_message(sums, epoch)
+        if on_nonfinite == "raise":
+            raise FloatingPointError(message)
+        _callbacks.print_msg(message)
+        if sums["stop"] == "nonfinite_loss":
+            logs["loss"] = float("nan")  # the epoch's loss is NaN, as Keras logs it
+        self.stop_training = True
+        for cb in cbs.callbacks:  # the engine did TerminateOnNaN's check natively
+            if isinstance(cb, _callbacks.TerminateOnNaN):
+                cb.on_batch_end(sums["steps_done"], dict(logs, loss=float("nan")))
 
     def _nonfinite_message(self, sums, epoch):
         step = sums["steps_done"] + 1
@@ -452,18 +484,40 @@ class Sequential:
         return (f"Epoch {epoch + 1}, batch {step - 1}: the update made layer {layer!r}'s {sums['bad_part']} NaN or "
                 "infinite (the loss was finite); training stopped. Lower the learning rate.")
 
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False):
-        """Loss (and metrics) on the given data: a scalar, ``[loss, *metrics]``, or a dict."""
+    def _run_evaluate(self, x, y, batch_size, cbs, prefix=""):
+        """The loss and metrics on (x, y), calling the test hooks of `cbs`: per batch only when one
+        of them overrides a test batch hook."""
+        engine = self._engine
+        cbs.on_test_begin()
+        if cbs.needs_batches("test"):
+            sums = None
+            for step, start in enumerate(range(0, len(x), batch_size)):
+                cbs.on_test_batch_begin(step)
+                part = engine.evaluate(x[start : start + batch_size], y[start : start + batch_size], batch_size)
+                sums = part if sums is None else dict(
+                    sums, loss=sums["loss"] + part["loss"], samples=sums["samples"] + part["samples"],
+                    metrics=[a + b for a, b in zip(sums["metrics"], part["metrics"])])
+                cbs.on_test_batch_end(step, {k: float(v) for k, v in self._logs(sums).items()})
+        else:
+            sums = engine.evaluate(x, y, batch_size)
+        logs = {k: float(v) for k, v in self._logs(sums).items()}
+        cbs.on_test_end(logs)
+        return {prefix + k: v for k, v in logs.items()}
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False, callbacks=None):
+        """Loss (and metrics) on the given data: a scalar, ``[loss, *metrics]``, or a dict.
+        `callbacks` get the ``on_test_*`` hooks."""
         batch_size = self._batch_size(batch_size)
         if not self.compiled:
             raise ValueError("You must call `compile()` before `evaluate()`.")
         x = self._prepare_x(x)
-        engine = self._ready_engine(x)
+        self._ready_engine(x)
         y = self._prepare_y(y, len(x))
+        steps = _steps(len(x), batch_size)
+        cbs = _callbacks.CallbackList(callbacks, model=self, verbose=verbose, epochs=1, steps=steps)
         t0 = time.perf_counter()
-        logs = {k: float(v) for k, v in self._logs(engine.evaluate(x, y, batch_size)).items()}
+        logs = self._run_evaluate(x, y, batch_size, cbs)
         if verbose in ("auto", 1, 2):
-            steps = _steps(len(x), batch_size)
             elapsed = time.perf_counter() - t0
             print(
                 f"{steps}/{steps} - {_callbacks._format_time(elapsed)} "
@@ -474,26 +528,37 @@ class Sequential:
         values = [logs["loss"]] + [logs[m] for m in self._compile_args["metrics"]]
         return values[0] if len(values) == 1 else values
 
-    def predict(self, x, batch_size=None, verbose=0):
-        """Outputs for `x`, a NumPy array of shape (samples, output units). Prints nothing by default."""
+    def predict(self, x, batch_size=None, verbose=0, callbacks=None):
+        """Outputs for `x`, a NumPy array of shape (samples, output units). Prints nothing by default.
+        `callbacks` get the ``on_predict_*`` hooks (batch hooks with ``{'outputs': ...}``)."""
         batch_size = self._batch_size(batch_size)
         x = self._prepare_x(x)
         if not self.built:
             self.build((None, x.shape[1]))
-        if self._engine is None:
-            if self.compiled:
-                self._make_engine()
-            else:
-                # Not compiled: run the forward pass on a throwaway inference engine.
-                cls = _core.Engine64 if x.dtype == np.float64 else _core.Engine32
-                engine = cls(self._specs(), "mean_squared_error", [], {}, _backend.get_isa())
-                for view, w in zip(engine.weight_views("params"), self.get_weights()):
-                    view[...] = w
-                return engine.predict(x, batch_size)
+        if self._engine is None and self.compiled:
+            self._make_engine()
+        engine = self._engine
+        if engine is None:
+            # Not compiled: run the forward pass on a throwaway inference engine.
+            cls = _core.Engine64 if x.dtype == np.float64 else _core.Engine32
+            engine = cls(self._specs(), "mean_squared_error", [], {}, _backend.get_isa())
+            for view, w in zip(engine.weight_views("params"), self.get_weights()):
+                view[...] = w
+        steps = _steps(len(x), batch_size)
+        cbs = _callbacks.CallbackList(callbacks, model=self, verbose=verbose, epochs=1, steps=steps)
         t0 = time.perf_counter()
-        out = self._engine.predict(x, batch_size)
+        cbs.on_predict_begin()
+        if cbs.needs_batches("predict"):
+            parts = []
+            for step, start in enumerate(range(0, len(x), batch_size)):
+                cbs.on_predict_batch_begin(step)
+                parts.append(engine.predict(x[start : start + batch_size], batch_size))
+                cbs.on_predict_batch_end(step, {"outputs": parts[-1]})
+            out = np.concatenate(parts)
+        else:
+            out = engine.predict(x, batch_size)
+        cbs.on_predict_end()
         if verbose:
-            steps = _steps(len(x), batch_size)
             elapsed = time.perf_counter() - t0
             print(f"{steps}/{steps} - {_callbacks._format_time(elapsed)} {_callbacks._format_time(elapsed / steps)}/step")
         return out
@@ -545,9 +610,13 @@ class Sequential:
     # ---- description ----
 
     def summary(self, print_fn=None):
-        """Print the layers, their output shapes and parameter counts, in Keras 3's layout."""
+        """Print the layers, their output shapes and parameter counts, in Keras 3's layout: 88
+        columns wide, or the terminal's width less 4 if that is narrower (76 when not a terminal).
+        Once the model has trained, the optimizer's state is counted too, as Keras does."""
         print_fn = print_fn or print
-        widths = (33, 24, 15)
+        line_length = min(88, shutil.get_terminal_size().columns - 4)
+        edges = [int(p * line_length) for p in (0.45, 0.80, 1.0)]
+        widths = [edges[0] - 1, edges[1] - edges[0] - 2, edges[2] - edges[1] - 1]  # less the 4 borders
 
         def row(cells, left="│", sep="│", right="│"):
             parts = [f" {cells[0]:<{widths[0] - 2}} ", f" {cells[1]:<{widths[1] - 2}} ", f" {cells[2]:>{widths[2] - 2}} "]
@@ -561,21 +630,120 @@ class Sequential:
         width = self._input_dim
         for i, layer in enumerate(self._all_layers):
             if isinstance(layer, Dense):
-                width = layer.units
-                params = str(layer.count_params()) if layer.built else "0 (unbuilt)"
+                width = layer.units if layer.built else None
+                params = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
             else:
                 params = "0"
-            shape = f"(None, {width})" if width is not None else "(None, ?)"
+            shape = f"(None, {width})" if width is not None else "?"
             lines.append(row((f"{layer.name} ({type(layer).__name__})", shape, params)))
             if i + 1 < len(self._all_layers):
                 lines.append(rule("├", "┼", "┤", "─"))
         lines.append(rule("└", "┴", "┘", "─"))
-        total = self.count_params()
-        size = total * np.dtype(self._dtype()).itemsize
-        lines += [f" Total params: {total} ({_bytes(size)})", f" Trainable params: {total} ({_bytes(size)})",
-                  " Non-trainable params: 0 (0.00 B)"]
+        trainable = self.count_params()
+        trainable_size = trainable * np.dtype(self._dtype()).itemsize
+        optimizer = _saving.optimizer_variables(self) if self._engine is not None and self.optimizer.iterations else None
+        total, total_size = trainable, trainable_size
+        if optimizer is not None:
+            optimizer_count = sum(v.size for v in optimizer)
+            optimizer_size = sum(v.nbytes for v in optimizer)
+            total, total_size = total + optimizer_count, total_size + optimizer_size
+        lines += [f" Total params: {total:,} ({_bytes(total_size)})",
+                  f" Trainable params: {trainable:,} ({_bytes(trainable_size)})", " Non-trainable params: 0 (0.00 B)"]
+        if optimizer is not None:
+            lines.append(f" Optimizer params: {optimizer_count:,} ({_bytes(optimizer_size)})")
         for line in lines:
             print_fn(line)
+
+    # ---- configuration and saving ----
+
+    def _dtype_name(self):
+        if self._compile_args is not None:
+            return self._compile_args["dtype"]
+        return self._floatx or _backend.floatx()
+
+    def get_config(self):
+        """Keras 3's config of this model (``keras.Sequential.get_config()``): its name and its
+        layers, an ``InputLayer`` first when the input size is known."""
+        dtype = self._dtype_name()
+        layers = []
+        shape = None
+        if self._input_dim is not None:
+            shape = [None, *(self._sample_shape or (self._input_dim,))]
+            name = self._input_layer.name if self._input_layer is not None else "input_layer"
+            layers.append(_keras_config.keras_object(
+                "keras.layers", "InputLayer", {"batch_shape": shape, "dtype": dtype, "sparse": False, "name": name}))
+        width = self._input_dim
+        for layer in self._all_layers:
+            entry = _keras_config.keras_object("keras.layers", type(layer).__name__, dict(layer.get_config(),
+                                                                                        dtype=dtype))
+            if isinstance(layer, Dense) and layer.built:
+                entry["build_config"] = {"input_shape": [None, layer.input_dim]}
+                width = layer.units
+            elif isinstance(layer, Flatten) and width is not None:
+                entry["build_config"] = {"input_shape": [None, *(self._sample_shape or (width,))]}
+            layers.append(entry)
+        config = {"name": self.name, "trainable": True, "dtype": dtype, "layers": layers}
+        if shape is not None:
+            config["build_input_shape"] = shape
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """A model from Keras's Sequential config (what ``get_config`` returns, or the ``config``
+        of a Keras 3 ``config.json``). Keras keys fastmlp does not need are ignored; a layer it
+        does not support raises ValueError naming it."""
+        if custom_objects:
+            raise ValueError("fastmlp has no custom objects: `custom_objects` must be empty.")
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ValueError(f"A Sequential config is a dict with a 'layers' list. Received: {config!r}")
+        classes = {"InputLayer": InputLayer, "Dense": Dense, "Flatten": Flatten, "Activation": Activation}
+        entries = [_keras_config.unpack(entry, "layer") for entry in config["layers"]]
+        unsupported = [f"{settings.get('name', '?')!r} ({name})" for name, settings in entries if name not in classes]
+        if unsupported:
+            raise ValueError(f"fastmlp cannot build this model: it supports the layers {', '.join(classes)}; "
+                             f"unsupported: {', '.join(unsupported)}.")
+        dtypes = {_policy_name(settings.get("dtype")) for name, settings in entries if name == "Dense"} - {None}
+        if len(dtypes) > 1:
+            raise ValueError(f"fastmlp models have one float type; this config mixes {sorted(dtypes)}.")
+        layers = []
+        for name, settings in entries:
+            try:
+                layers.append(classes[name].from_config(settings))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"Layer {settings.get('name', '?')!r} ({name}): {e}") from None
+        model = cls(name=config.get("name"))
+        model._floatx = dtypes.pop() if dtypes else None
+        shape = config.get("build_input_shape")
+        if layers and not isinstance(layers[0], InputLayer) and isinstance(shape, (list, tuple)) and len(shape) > 1:
+            model.add(InputLayer(shape=tuple(shape[1:])))
+        for layer in layers:
+            model.add(layer)
+        return model
+
+    def save(self, filepath, overwrite=True):
+        """Save the model as a Keras 3 ``.keras`` file: architecture, compile settings, weights and
+        optimizer state (``fastmlp.saving.save_model``). The file opens in Keras 3 and in
+        ``fastmlp.models.load_model``; it is written to a temporary file and renamed, so an
+        interrupted save leaves the previous file intact."""
+        _saving.save_model(self, filepath, overwrite=overwrite)
+
+    def save_weights(self, filepath, overwrite=True):
+        """Save the weights and optimizer state in Keras 3's ``.weights.h5`` format."""
+        _saving.save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath, skip_mismatch=False):
+        """Load weights (and optimizer state) from a ``.weights.h5`` or ``.keras`` file, written by
+        fastmlp or Keras 3. The file is checked in full first: on any error nothing changes."""
+        _saving.load_weights(self, filepath, skip_mismatch=skip_mismatch)
+
+
+def _policy_name(dtype):
+    """The float type of a Keras dtype policy (a name or a serialized DTypePolicy), checked."""
+    if isinstance(dtype, dict):
+        dtype = (dtype.get("config") or {}).get("name")
+    if dtype is not None and dtype not in ("float32", "float64"):
+        raise ValueError(f"fastmlp computes in float32 or float64; this model uses the dtype policy {dtype!r}.")
+    return dtype
 
 
 def _bytes(n):

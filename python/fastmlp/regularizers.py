@@ -6,6 +6,8 @@
 import math
 import numbers
 
+from . import _keras_config
+
 
 def _coefficient(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
@@ -58,9 +60,33 @@ def get(identifier):
     """A Regularizer from None, a name (``'l1'``, ``'l2'``, ``'l1_l2'``) or an instance."""
     if identifier is None or isinstance(identifier, Regularizer):
         return identifier
+    if isinstance(identifier, dict):  # Keras's serialized form
+        return deserialize(identifier)
     if isinstance(identifier, str) and identifier in _BY_NAME:
         return _BY_NAME[identifier]()
     raise ValueError(
         f"Unknown regularizer {identifier!r}. Expected one of {', '.join(_BY_NAME)}, None, "
         "or an instance such as fastmlp.regularizers.L2(0.01)."
     )
+
+
+_CLASSES = {"L1": L1, "L2": L2, "L1L2": L1L2}
+
+
+def serialize(regularizer):
+    """Keras 3's serialized form (``{'module': 'keras.regularizers', 'class_name': 'L2', ...}``), or None."""
+    if regularizer is None:
+        return None
+    return _keras_config.keras_object("keras.regularizers", type(regularizer).__name__, regularizer.get_config())
+
+
+def deserialize(config):
+    """A regularizer from Keras's serialized form, a name, or None."""
+    if config is None or isinstance(config, str):
+        return get(config)
+    class_name, settings = _keras_config.unpack(config, "regularizer")
+    cls = _CLASSES.get(class_name)
+    if cls is None:
+        raise ValueError(f"Regularizer {class_name!r} is not supported by fastmlp. Supported: {', '.join(_CLASSES)}.")
+    allowed = {"L1": {"l1"}, "L2": {"l2"}, "L1L2": {"l1", "l2"}}[class_name]
+    return cls(**_keras_config.keyword_args(cls, settings, allowed, "Regularizer"))

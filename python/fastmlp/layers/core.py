@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .. import activations, initializers, regularizers
+from .. import _keras_config, activations, backend, initializers, regularizers
 
 _NAME_COUNTS = {}
 
@@ -56,6 +56,27 @@ class Layer:
     def count_params(self):
         return int(sum(np.prod(w.shape) for w in self.weights))
 
+    # The keys of Keras's config this layer reads (besides "trainable" and "dtype").
+    _config_keys = ("name",)
+
+    def _dtype_name(self):
+        return self.weights[0].dtype.name if self.weights else backend.floatx()
+
+    def get_config(self):
+        """Keras 3's config of this layer (what ``config.json`` holds for it)."""
+        return {"name": self.name, "trainable": True, "dtype": self._dtype_name()}
+
+    @classmethod
+    def from_config(cls, config):
+        """A layer from Keras's config. Keys fastmlp does not need are ignored when they hold
+        Keras's defaults; a setting it does not implement raises ValueError."""
+        config = dict(config)
+        if config.pop("trainable", True) is not True:
+            raise ValueError(f"{cls.__name__} {config.get('name')!r}: trainable=False (frozen layers) is not "
+                             "supported by fastmlp.")
+        config.pop("dtype", None)  # the model's float type, read by Sequential.from_config
+        return cls(**_keras_config.keyword_args(cls, config, cls._config_keys, "Layer"))
+
 
 def _sample_shape(shape, owner):
     if not isinstance(shape, (tuple, list)) or not shape:
@@ -78,6 +99,20 @@ class InputLayer(Layer):
         self.units = self.input_dim
         self.built = True
 
+    def get_config(self):
+        return {"batch_shape": [self.batch_size, *self.shape], "dtype": backend.floatx(), "sparse": False,
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        shape = config.pop("batch_shape", None) or config.pop("batch_input_shape", None)
+        if shape is not None:
+            config["batch_size"], config["shape"] = shape[0], tuple(shape[1:])
+        config.pop("dtype", None)
+        return cls(**_keras_config.keyword_args(cls, config, ("shape", "batch_size", "name"), "Layer",
+                                                ignored=("ragged", "optional")))
+
 
 class Flatten(Layer):
     """Flattens each sample to one dimension: inputs of shape (N, h, w) feed the next Dense as
@@ -92,8 +127,10 @@ class Flatten(Layer):
         self.shape = _sample_shape(input_shape, "Flatten") if input_shape is not None else None
         self.built = True
 
+    _config_keys = ("name", "data_format")
+
     def get_config(self):
-        return {"name": self.name}
+        return dict(super().get_config(), data_format="channels_last")
 
 
 class Activation(Layer):
@@ -107,8 +144,10 @@ class Activation(Layer):
         self.activation = activations.get(activation)
         self.built = True
 
+    _config_keys = ("name", "activation")
+
     def get_config(self):
-        return {"name": self.name, "activation": self.activation}
+        return dict(super().get_config(), activation=self.activation)
 
 
 def Input(shape=None, batch_size=None, name=None):
@@ -198,12 +237,19 @@ class Dense(Layer):
         for target, value in zip(self.weights, self.check_weights(weights)):
             target[...] = value
 
+    _config_keys = ("name", "units", "activation", "use_bias", "kernel_initializer", "bias_initializer",
+                    "kernel_regularizer", "bias_regularizer")
+
     def get_config(self):
-        return {
-            "name": self.name,
-            "units": self.units,
-            "activation": self.activation,
-            "use_bias": self.use_bias,
-            "kernel_initializer": initializers.name_of(self.kernel_initializer),
-            "bias_initializer": initializers.name_of(self.bias_initializer),
-        }
+        return dict(
+            super().get_config(),
+            units=self.units,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer),
+            bias_initializer=initializers.serialize(self.bias_initializer),
+            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=regularizers.serialize(self.bias_regularizer),
+            kernel_constraint=None,
+            bias_constraint=None,
+        )

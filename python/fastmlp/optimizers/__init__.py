@@ -1,8 +1,10 @@
 """Optimizers (Keras 3's update rules), each run as one fused native update over the model's
 parameter arena: SGD, Adam, AdamW, RMSprop, Adagrad."""
 
+import inspect
 import numbers
 
+from .. import _keras_config
 from . import schedules
 from .schedules import LearningRateSchedule
 
@@ -152,6 +154,9 @@ class SGD(Optimizer):
     def _engine_config(self):
         return self._config("sgd", momentum=self.momentum, nesterov=self.nesterov, decay=self.decay)
 
+    def _keras_settings(self):
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
+
 
 def _positive(value, name):
     value = _non_negative(value, name)
@@ -202,6 +207,10 @@ class Adam(Optimizer):
         return self._config("adam", beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
                             weight_decay=self.weight_decay, decay=self.decay)
 
+    def _keras_settings(self):
+        return {"weight_decay": self.weight_decay or None, "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": False}
+
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Keras 3 default ``weight_decay=0.004``)."""
@@ -234,6 +243,9 @@ class RMSprop(Optimizer):
     def _engine_config(self):
         return self._config("rmsprop", rho=self.rho, momentum=self.momentum, epsilon=self.epsilon, decay=self.decay)
 
+    def _keras_settings(self):
+        return {"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon, "centered": False}
+
 
 class Adagrad(Optimizer):
     """Adagrad, Keras 3's update: ``a += g^2; w -= lr * g / sqrt(a + epsilon)``, a starting at
@@ -257,8 +269,11 @@ class Adagrad(Optimizer):
     def get_config(self):
         return dict(super().get_config(), initial_accumulator_value=self.initial_accumulator_value)
 
+    def _keras_settings(self):
+        return {"initial_accumulator_value": self.initial_accumulator_value, "epsilon": self.epsilon}
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "schedules", "get"]
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "schedules", "get", "serialize", "deserialize"]
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
 
@@ -267,9 +282,54 @@ def get(identifier):
     """Resolve an optimizer given by name (``'sgd'``, ``'adam'``, ...) or instance."""
     if isinstance(identifier, Optimizer):
         return identifier
+    if isinstance(identifier, dict):  # Keras's serialized form
+        return deserialize(identifier)
     if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
         return _BY_NAME[identifier.lower()]()
     raise ValueError(
         f"Unknown optimizer {identifier!r}. Expected one of: {', '.join(_BY_NAME)}, "
         "or an instance such as fastmlp.optimizers.SGD(learning_rate=0.01)."
     )
+
+
+_CLASSES = {cls.__name__: cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad)}
+# Keras settings that have no effect at their defaults (ema_momentum without use_ema).
+_KERAS_INERT = ("ema_momentum", "ema_overwrite_frequency")
+
+
+def serialize(optimizer):
+    """Keras 3's serialized form: ``{'module': 'keras.optimizers', 'class_name': 'SGD', 'config': ...}``.
+
+    Keras 3 has no ``decay``; a constant learning rate with ``decay > 0`` is written as its Keras 3
+    equivalent, ``InverseTimeDecay(learning_rate, decay_steps=1, decay_rate=decay)``.
+    """
+    lr = optimizer.learning_rate
+    if isinstance(lr, LearningRateSchedule):
+        rate = schedules.serialize(lr)
+    elif getattr(optimizer, "decay", 0.0):
+        rate = schedules.serialize(schedules.InverseTimeDecay(lr, 1, optimizer.decay))
+    else:
+        rate = lr
+    config = {"name": optimizer.name, "learning_rate": rate, "weight_decay": None}
+    config.update({k: getattr(optimizer, k) for k in _CLIPS})
+    config.update(optimizer._keras_settings())
+    return _keras_config.keras_object("keras.optimizers", type(optimizer).__name__, config)
+
+
+def deserialize(config):
+    """An optimizer from Keras's serialized form (or a name). Keras settings fastmlp does not
+    implement (``use_ema``, ``amsgrad``, ``centered``, ``weight_decay`` outside Adam/AdamW, gradient
+    accumulation, loss scaling) raise ValueError when they are enabled."""
+    if isinstance(config, str):
+        return get(config)
+    class_name, settings = _keras_config.unpack(config, "optimizer")
+    cls = _CLASSES.get(class_name)
+    if cls is None:
+        raise ValueError(f"Optimizer {class_name!r} is not supported by fastmlp. Supported: {', '.join(_CLASSES)}.")
+    allowed = (set(inspect.signature(cls.__init__).parameters) | set(_CLIPS)) - {"self", "kwargs", "lr"}
+    kwargs = _keras_config.keyword_args(cls, settings, allowed, "Optimizer", ignored=_KERAS_INERT)
+    if isinstance(kwargs.get("learning_rate"), dict):
+        kwargs["learning_rate"] = schedules.deserialize(kwargs["learning_rate"])
+    if kwargs.get("weight_decay", 0) is None:
+        del kwargs["weight_decay"]
+    return cls(**kwargs)

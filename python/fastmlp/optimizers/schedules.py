@@ -1,10 +1,13 @@
 """Learning-rate schedules (Keras 3's ``keras.optimizers.schedules``), evaluated natively at every
 update: ``SGD(learning_rate=ExponentialDecay(0.1, decay_steps=1000, decay_rate=0.96))``."""
 
+import inspect
 import math
 import numbers
 
 import numpy as np
+
+from .. import _keras_config
 
 
 def _number(value, name, positive=False):
@@ -124,3 +127,22 @@ class CosineDecay(LearningRateSchedule):
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
                 "alpha": self.alpha, "name": self.name}
+
+
+_CLASSES = {cls.__name__: cls for cls in (ExponentialDecay, InverseTimeDecay, PiecewiseConstantDecay, CosineDecay)}
+
+
+def serialize(schedule):
+    """Keras 3's serialized form: ``{'module': 'keras.optimizers.schedules', 'class_name': ..., ...}``."""
+    return _keras_config.keras_object("keras.optimizers.schedules", type(schedule).__name__, schedule.get_config())
+
+
+def deserialize(config):
+    """A schedule from Keras's serialized form."""
+    class_name, settings = _keras_config.unpack(config, "learning-rate schedule")
+    cls = _CLASSES.get(class_name)
+    if cls is None:
+        raise ValueError(f"Learning-rate schedule {class_name!r} is not supported by fastmlp. "
+                         f"Supported: {', '.join(_CLASSES)}.")
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return cls(**_keras_config.keyword_args(cls, settings, allowed, "Schedule"))
