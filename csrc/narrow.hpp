@@ -30,7 +30,7 @@ constexpr index_t kLaneBlock = 16;
 
 // sum over lanes l < L of x[l] * y[l] (y null: of x[l]), L a multiple of kLaneBlock (16).
 // Order, the same for every vector width: 16 partial sums p[i] over lanes l = i (mod 16) in
-// ascending blocks, then the fixed tree p[j] += p[j+8]; p[j] += p[j+4]; p[j] += p[j+2]; p[0] + p[1].
+// ascending blocks (mul_add chains when y is given), then the fixed tree p[j] += p[j+8]; p[j] += p[j+4]; p[j] += p[j+2]; p[0] + p[1].
 template <typename T>
 inline T lane_dot(const T* x, const T* y, index_t L) {
     using vec = typename Simd<T>::vec;
@@ -44,7 +44,7 @@ inline T lane_dot(const T* x, const T* y, index_t L) {
             if (y) {
                 vec yv;
                 std::memcpy(&yv, y + b + v * W, sizeof(vec));
-                acc[v] += xv * yv;
+                acc[v] = mul_add(xv, yv, acc[v]);
             } else {
                 acc[v] += xv;
             }
@@ -89,48 +89,48 @@ void narrow_softmax(T* A, index_t F, index_t L, T* tmp) {
         for (index_t l = 0; l < L; ++l) A[f * L + l] *= s[l];
 }
 
-// Last pass of a feature-major product, fused with its epilogue:
-//   z[l] := act((z[l] + x[l] * w) + b)   (Fresh: z[l] starts from 0; Bias false: no "+ b").
-template <Act A, bool Fresh, bool Bias, typename T>
-inline void last_pass(T* z, const T* x, T w, T b, index_t L) {
+// z[l] := mul_add(x[l], w, c[l]) for l < L (c null: from 0), L a multiple of kLaneBlock; z may be c.
+// Written with explicit vectors: GCC does not vectorize a loop of scalar fused multiply-adds.
+template <typename T>
+inline void lanes_mul_add(T* z, const T* x, T w, const T* c, index_t L) {
+    using vec = typename Simd<T>::vec;
+    constexpr index_t W = Simd<T>::width;
+    const vec wv = splat(w);
+    for (index_t l = 0; l < L; l += W) {
+        vec xv, cv{};
+        std::memcpy(&xv, x + l, sizeof(vec));
+        if (c) std::memcpy(&cv, c + l, sizeof(vec));
+        const vec out = mul_add(xv, wv, cv);
+        std::memcpy(z + l, &out, sizeof(vec));
+    }
+}
+
+// The epilogue of a feature-major product: z[l] := act(z[l] + b) (Bias false: act(z[l])).
+template <Act A, bool Bias, typename T>
+inline void epilogue_pass(T* z, T b, index_t L) {
     for (index_t l = 0; l < L; ++l) {
-        T v = (Fresh ? T(0) : z[l]) + x[l] * w;
+        T v = z[l];
         if constexpr (Bias) v = v + b;
         z[l] = act_value<A>(v);
     }
 }
 
-template <Act A, typename T>
-inline void last_pass(T* z, const T* x, T w, const T* b, bool fresh, index_t L) {
-    if (fresh) {
-        b ? last_pass<A, true, true>(z, x, w, *b, L) : last_pass<A, true, false>(z, x, w, T(0), L);
-    } else {
-        b ? last_pass<A, false, true>(z, x, w, *b, L) : last_pass<A, false, false>(z, x, w, T(0), L);
-    }
-}
-
 // Dense forward, feature-major:  Z (N, L) := act(W^T X + b)  for X (K, L), W (K, N), b (N,) or null.
-// Per element: 0 + x_0 w_0 + ... + x_{K-1} w_{K-1}, then + b, then act, as dense_forward_naive.
-// The bias and an elementwise activation are applied in the pass that adds the last input.
+// Per element: the chain acc = mul_add(x_k, w_k, acc) from 0 over k ascending, then + b, then act,
+// as dense_forward_naive and the GEMM.
+// The bias and an elementwise activation are applied in one pass after the products.
 template <typename T>
 void narrow_dense_forward(T* Z, const T* X, const T* W, const T* b, index_t L, index_t K, index_t N, Act act,
                           T* tmp) {
     const Act fused = act == Act::Softmax ? Act::Linear : act;
     for (index_t n = 0; n < N; ++n) {
         T* z = Z + n * L;
-        if (K > 1) {
-            const T w0 = W[n];
-            for (index_t l = 0; l < L; ++l) z[l] = T(0) + X[l] * w0;
-            for (index_t k = 1; k + 1 < K; ++k) {
-                const T w = W[k * N + n];
-                const T* x = X + k * L;
-                for (index_t l = 0; l < L; ++l) z[l] += x[l] * w;
-            }
+        for (index_t k = 0; k < K; ++k) lanes_mul_add(z, X + k * L, W[k * N + n], k == 0 ? nullptr : z, L);
+        if (b) {
+            with_act(fused, [&](auto A) { epilogue_pass<decltype(A)::value, true>(z, b[n], L); });
+        } else if (fused != Act::Linear) {
+            with_act(fused, [&](auto A) { epilogue_pass<decltype(A)::value, false>(z, T(0), L); });
         }
-        const T* x = X + (K - 1) * L;
-        const T w = W[(K - 1) * N + n];
-        const T* bn = b ? b + n : nullptr;
-        with_act(fused, [&](auto A) { last_pass<decltype(A)::value>(z, x, w, bn, K == 1, L); });
     }
     if (act == Act::Softmax) narrow_softmax(Z, N, L, tmp);
 }
@@ -143,22 +143,11 @@ void narrow_softmax_backward(const T* A, T* D, index_t F, index_t L, T* tmp) {
         for (index_t l = 0; l < L; ++l) D[f * L + l] = A[f * L + l] * (D[f * L + l] - tmp[l]);
 }
 
-// dx[l] := act_prev'((dx[l] + d[l] * w)) from the previous layer's output a (Fresh: dx starts at 0).
-template <Act A, bool Fresh, typename T>
-inline void last_grad_pass(T* dx, const T* d, T w, const T* a, index_t L) {
-    for (index_t l = 0; l < L; ++l) dx[l] = act_grad<A>(a[l], (Fresh ? T(0) : dx[l]) + d[l] * w);
-}
-
-template <Act A, typename T>
-inline void last_grad_pass(T* dx, const T* d, T w, const T* a, bool fresh, index_t L) {
-    fresh ? last_grad_pass<A, true>(dx, d, w, a, L) : last_grad_pass<A, false>(dx, d, w, a, L);
-}
-
 // Dense backward, feature-major, given dZ (N, L) = dL/dZ of this layer (padding lanes zero):
 //   dW (K, N) := lane sums of X dZ^T and db (N,) := lane sums of dZ, overwritten (db null: skipped);
 //   dX (K, L) := act_prev'(W dZ), the gradient with respect to the PREVIOUS layer's pre-activation,
-//   with that layer's activation derivative (from its output A_prev (K, L)) applied in the pass
-//   that adds the last term; skipped when dX is null. tmp holds L values.
+//   with that layer's activation derivative (from its output A_prev (K, L)) applied after the
+//   products; skipped when dX is null. tmp holds L values.
 template <typename T>
 void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T* W, index_t L, index_t K, index_t N,
                            Act act_prev, const T* A_prev, T* tmp) {
@@ -170,19 +159,13 @@ void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T
     const Act fused = act_prev == Act::Softmax ? Act::Linear : act_prev;
     for (index_t k = 0; k < K; ++k) {
         T* dx = dX + k * L;
-        if (N > 1) {
-            const T w0 = W[k * N];
-            for (index_t l = 0; l < L; ++l) dx[l] = T(0) + dZ[l] * w0;
-            for (index_t n = 1; n + 1 < N; ++n) {
-                const T w = W[k * N + n];
-                const T* d = dZ + n * L;
-                for (index_t l = 0; l < L; ++l) dx[l] += d[l] * w;
-            }
+        for (index_t n = 0; n < N; ++n) lanes_mul_add(dx, dZ + n * L, W[k * N + n], n == 0 ? nullptr : dx, L);
+        if (fused != Act::Linear) {
+            const T* a = A_prev + k * L;
+            with_act(fused, [&](auto A) {
+                for (index_t l = 0; l < L; ++l) dx[l] = act_grad<decltype(A)::value>(a[l], dx[l]);
+            });
         }
-        const T* d = dZ + (N - 1) * L;
-        const T w = W[k * N + N - 1];
-        const T* a = A_prev + k * L;
-        with_act(fused, [&](auto A) { last_grad_pass<decltype(A)::value>(dx, d, w, a, N == 1, L); });
     }
     if (act_prev == Act::Softmax) narrow_softmax_backward(A_prev, dX, K, L, tmp);
 }
