@@ -208,7 +208,7 @@ inline void micro_kernel(index_t kc, const T* __restrict Ap, const T* __restrict
 // The packing buffers of the calling thread, grown as needed and kept for the next product.
 template <typename T>
 inline T* gemm_buffer(int which, index_t n) {
-    thread_local std::vector<T> buffers[2];
+    thread_local std::vector<T> buffers[3];  // packed A, packed B, a transposed product
     std::vector<T>& b = buffers[which];
     if (static_cast<index_t>(b.size()) < n) b.resize(n);
     return b.data();
@@ -272,11 +272,66 @@ void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_
     }
 }
 
+// Tiny products (the seed's 100x2 @ 2x4): no packing of A and no cache blocking, B copied once into
+// whole vectors; rows four at a time, one vector of columns at a time.
+template <typename T>
+void gemm_direct(const GemmArgs<T>& g) {
+    using vec = typename Simd<T>::vec;
+    constexpr index_t W = Simd<T>::width;
+    constexpr int kRows = 4;
+    const index_t Np = round_up(g.N, W);
+    T* Bp = gemm_buffer<T>(1, std::max<index_t>(g.K, 1) * Np);
+    for (index_t p = 0; p < g.K; ++p)
+        for (index_t n = 0; n < Np; ++n) Bp[p * Np + n] = n < g.N ? g.B[p * g.brs + n * g.bcs] : T(0);
+    for (index_t m0 = 0; m0 < g.M; m0 += kRows) {
+        const int rows = static_cast<int>(std::min<index_t>(kRows, g.M - m0));
+        for (index_t n0 = 0; n0 < Np; n0 += W) {
+            vec acc[kRows] = {};
+            for (index_t p = 0; p < g.K; ++p) {
+                vec b;
+                std::memcpy(&b, Bp + p * Np + n0, sizeof(vec));
+                for (int r = 0; r < kRows; ++r)
+                    if (r < rows) acc[r] = mul_add(splat(g.A[(m0 + r) * g.ars + p * g.acs]), b, acc[r]);
+            }
+            const index_t cols = std::min(W, g.N - n0);
+            for (int r = 0; r < rows; ++r) {
+                if (g.bias) {
+                    vec bv;
+                    std::memcpy(&bv, g.bias + n0, sizeof(bv));
+                    acc[r] += bv;
+                }
+                T out[W];
+                std::memcpy(out, &acc[r], sizeof(out));
+                T* c = g.C + (m0 + r) * g.ldc + n0;
+                std::copy(out, out + cols, c);
+                if (g.act != Act::Linear) act_forward_row(g.act, c, cols);
+            }
+        }
+    }
+}
+
 template <typename T>
 void gemm(T* C, index_t ldc, const T* A, index_t ars, index_t acs, const T* B, index_t brs, index_t bcs,
           index_t M, index_t N, index_t K, const T* bias, Act act) {
     const GemmArgs<T> g{C, ldc, A, ars, acs, B, brs, bcs, M, N, K, bias, act};
     constexpr index_t NR = gemm_nr<T>();
+    if (K <= 16 && N <= NR) {
+        gemm_direct(g);
+        return;
+    }
+    if (N < NR && M >= 4 * NR) {
+        // Few columns, many rows (an output layer of 10 classes): C^T = B^T A^T fills whole register
+        // tiles where C would waste most of each. The chains are the same (mul_add(a, b, c) ==
+        // mul_add(b, a, c)); bias and activation are applied on the way back.
+        T* Ct = gemm_buffer<T>(2, N * M);
+        gemm(Ct, M, B, bcs, brs, A, acs, ars, N, M, K, static_cast<const T*>(nullptr), Act::Linear);
+        for (index_t m = 0; m < M; ++m) {
+            T* c = C + m * ldc;
+            for (index_t n = 0; n < N; ++n) c[n] = bias ? Ct[n * M + m] + bias[n] : Ct[n * M + m];
+            if (act != Act::Linear) act_forward_row(act, c, N);
+        }
+        return;
+    }
     const int threads = num_threads();
     if (threads == 1 || M * N * std::max<index_t>(K, 1) < kParallelMacs) {
         gemm_block(g, 0, M, 0, N);

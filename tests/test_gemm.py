@@ -60,7 +60,8 @@ def test_gemm_matches_float64_numpy_every_shape_and_transpose(isa, M, N, K):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 17, 33), (33, 255, 7), (255, 33, 17), (17, 1000, 33),
-                                     (100, 4, 2), (6, 16, 256), (7, 17, 257), (145, 33, 513), (7, 3100, 9)])
+                                     (100, 4, 2), (6, 16, 256), (7, 17, 257), (145, 33, 513), (7, 3100, 9),
+                                     (300, 10, 40), (5, 3, 3), (64, 15, 300)])
 def test_gemm_is_bitwise_its_naive_twin(isa, dtype, M, N, K):
     rng = np.random.default_rng([M, N, K, 1])
     for ta, tb in TRANSPOSES:

@@ -1,0 +1,95 @@
+"""fastmlp's GEMM (csrc/gemm.hpp) against numpy.matmul, side by side in one process.
+
+Shapes: the seed's products (batch 100: 100x2 @ 2x4, 100x4 @ 4x4, 100x4 @ 4x2), the 784-1024-1024-10
+MLP's at batch 256 (forward, dW = X^T dZ and dX = dZ W^T), and squares from 64 to 2048.
+
+fastmlp is timed in C++ (``fastmlp._core.kernels.gemm(..., repeats=n)`` runs the product n times
+between two clock reads, without the Python call); numpy.matmul is timed from Python, as it is
+called. Each result is first checked against float64 NumPy. Both use the same number of threads
+(--threads; default: fastmlp's default, the CPUs available). Reported: GFLOP/s (2*M*N*K / time,
+best of --repeats) and the ratio fastmlp / numpy.
+
+Run:
+    python benches/bench_gemm.py [--threads 2] [--repeats 5] [--isa avx2]
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+from _harness import cpu_name
+
+import fastmlp
+from fastmlp._core import kernels
+
+SEED = [("seed layer 1", 100, 4, 2, False, False), ("seed layer 2", 100, 4, 4, False, False),
+        ("seed layer 3", 100, 2, 4, False, False)]
+MLP = [("mlp fwd 1", 256, 1024, 784, False, False), ("mlp fwd 2", 256, 1024, 1024, False, False),
+       ("mlp fwd 3", 256, 10, 1024, False, False), ("mlp dW 1 (X^T dZ)", 784, 1024, 256, True, False),
+       ("mlp dX 2 (dZ W^T)", 256, 1024, 1024, False, True)]
+SQUARES = [(f"square {n}", n, n, n, False, False) for n in (64, 128, 256, 512, 1024, 2048)]
+
+
+def operands(rng, M, N, K, ta, tb):
+    a = rng.uniform(-1, 1, (K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.uniform(-1, 1, (N, K) if tb else (K, N)).astype(np.float32)
+    return a, b
+
+
+def time_numpy(a, b, ta, tb, reps, repeats):
+    x, y = (a.T if ta else a), (b.T if tb else b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(reps):
+            np.matmul(x, y)
+        best = min(best, (time.perf_counter() - start) / reps)
+    return best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=0, help="threads for both (default: fastmlp's default)")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per shape, best kept (default: %(default)s)")
+    parser.add_argument("--isa", default="", help="fastmlp variant (default: the best this CPU runs)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        fastmlp.set_num_threads(args.threads)
+    threads = fastmlp.get_num_threads()
+    from threadpoolctl import threadpool_limits
+
+    isa = args.isa or fastmlp.cpu_info()["isa"]
+    print(f"machine: {platform.machine()} {cpu_name()}, os.cpu_count()={os.cpu_count()}, {platform.platform()}")
+    print(f"versions: numpy {np.__version__}, fastmlp {fastmlp.__version__} ({isa}); {threads} threads for both")
+    peak = max(kernels.fma_peak(isa, 20_000_000) for _ in range(3))
+    print(f"fp32 FMA peak measured on {threads} threads: {peak:.0f} GFLOP/s")
+    rng = np.random.default_rng(0)
+    header = f"{'shape':<20} {'M x N x K':>18} {'fastmlp GF/s':>13} {'numpy GF/s':>11} {'fastmlp/numpy':>14} {'% peak':>7}"
+    print(header)
+    print("-" * len(header))
+    failed = False
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for name, M, N, K, ta, tb in SEED + MLP + SQUARES:
+            a, b = operands(rng, M, N, K, ta, tb)
+            c, _ = kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa)
+            ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+            if not np.allclose(c, ref, rtol=1e-4, atol=1e-4 * np.sqrt(K)):
+                print(f"error: {name}: fastmlp's product differs from float64 NumPy", file=sys.stderr)
+                failed = True
+                continue
+            flops = 2.0 * M * N * K
+            reps = max(1, int(2e8 / flops))
+            ours = min(kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa, repeats=reps)[1]
+                       for _ in range(args.repeats))
+            theirs = time_numpy(a, b, ta, tb, reps, args.repeats)
+            print(f"{name:<20} {f'{M} x {N} x {K}':>18} {flops / ours / 1e9:>13.2f} {flops / theirs / 1e9:>11.2f} "
+                  f"{theirs / ours:>13.2f}x {100 * flops / ours / 1e9 / peak:>6.1f}%", flush=True)
+    print("(fastmlp/numpy = numpy's time / fastmlp's; fastmlp timed in C++, numpy from Python)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
