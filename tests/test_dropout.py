@@ -4,11 +4,10 @@ differences, reproducibility (seeds, thread counts, save and resume), and the la
 
 import json
 
+import fastmlp
 import numpy as np
 import pytest
 from conftest import assert_close
-
-import fastmlp
 from fastmlp import _core
 from fastmlp.layers import Activation, Dense, Dropout, Flatten, Input
 from fastmlp.models import Sequential, load_model

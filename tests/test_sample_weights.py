@@ -12,11 +12,10 @@ tests/fixtures/make_keras_weighted_goldens.py).
 
 import os
 
+import fastmlp
 import numpy as np
 import pytest
 from conftest import assert_close
-
-import fastmlp
 from fastmlp import _core, callbacks
 from fastmlp.layers import Dense, Input
 from fastmlp.models import Sequential, load_model
@@ -293,9 +292,11 @@ def test_weight_arguments_are_checked():
         model.evaluate(x, y, verbose=0, sample_weight=np.full(len(x), np.nan))
     with pytest.raises(TypeError, match="class_weight"):
         model.fit(x, y, verbose=0, class_weight=[1.0, 2.0])
-    with pytest.raises(ValueError, match="keys must be integer class indices"):
+    with pytest.raises(TypeError, match="keys must be integer class indices"):
         model.fit(x, y, verbose=0, class_weight={"a": 1.0})
-    with pytest.raises(ValueError, match="finite numbers"):
+    with pytest.raises(TypeError, match="values must be numbers"):
+        model.fit(x, y, verbose=0, class_weight={0: "2"})
+    with pytest.raises(ValueError, match="must be finite"):
         model.fit(x, y, verbose=0, class_weight={0: float("inf")})
     with pytest.raises(ValueError, match="val_sample_weight"):
         model.fit(x, y, verbose=0, validation_data=(x, y, np.ones(3)))

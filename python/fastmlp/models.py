@@ -400,9 +400,11 @@ class Sequential:
         table = {}
         for key, value in class_weight.items():
             if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
-                raise ValueError(f"`class_weight` keys must be integer class indices; received {key!r}.")
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-                raise ValueError(f"`class_weight` values must be finite numbers; received {value!r} for class {key}.")
+                raise TypeError(f"`class_weight` keys must be integer class indices; received {key!r}.")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"`class_weight` values must be numbers; received {value!r} for class {key}.")
+            if not np.isfinite(value):
+                raise ValueError(f"`class_weight` values must be finite; received {value!r} for class {key}.")
             table[int(key)] = float(value)
         labels = np.argmax(y, axis=1) if y.shape[1] > 1 else np.round(y[:, 0]).astype(np.int64)
         return np.array([table.get(int(c), 1.0) for c in labels], dtype=self._dtype())
@@ -504,6 +506,7 @@ class Sequential:
             x, y, sw = x[:split], y[:split], None if sw is None else sw[:split]
         if class_weight is not None:
             sw = self._class_sample_weights(class_weight, y)
+        weights = {} if sw is None else {"sample_weight": sw}  # engines take them as an optional keyword
 
         steps = _steps(len(x), batch_size)
         cbs = _callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self,
@@ -524,7 +527,7 @@ class Sequential:
             while True:
                 if by_batch:  # Keras's per-batch hooks, with the running means as logs
                     cbs.on_train_batch_begin(done)
-                    sums = engine.train_steps(x, y, 1, sw)
+                    sums = engine.train_steps(x, y, 1, **weights)
                     if not sums["stop"]:
                         batch_logs = {k: float(v) for k, v in self._logs(sums).items()}
                         cbs.on_train_batch_end(done, batch_logs)
@@ -532,12 +535,12 @@ class Sequential:
                             cbs.progbar.update(sums["steps_done"], sums["steps_total"], batch_logs)
                 elif live:
                     t0 = time.perf_counter()
-                    sums = engine.train_steps(x, y, slice_steps, sw)
+                    sums = engine.train_steps(x, y, slice_steps, **weights)
                     per_step = (time.perf_counter() - t0) / max(sums["steps_done"] - done, 1)
                     slice_steps = max(1, int(_REDRAW_SECONDS / max(per_step, 1e-9)))
                     cbs.progbar.update(sums["steps_done"], sums["steps_total"], self._logs(sums))
                 else:
-                    sums = engine.train_steps(x, y, 0, sw)
+                    sums = engine.train_steps(x, y, 0, **weights)
                 done = sums["steps_done"]
                 if sums["stop"] or done >= sums["steps_total"] or self.stop_training:
                     break
@@ -590,15 +593,15 @@ class Sequential:
             for step, start in enumerate(range(0, len(x), batch_size)):
                 cbs.on_test_batch_begin(step)
                 end = start + batch_size
-                part = engine.evaluate(x[start:end], y[start:end], batch_size,
-                                       None if sample_weight is None else sample_weight[start:end])
+                weights = {} if sample_weight is None else {"sample_weight": sample_weight[start:end]}
+                part = engine.evaluate(x[start:end], y[start:end], batch_size, **weights)
                 sums = part if sums is None else dict(
                     sums, loss=sums["loss"] + part["loss"], samples=sums["samples"] + part["samples"],
                     weight_sum=sums["weight_sum"] + part["weight_sum"],
                     metrics=[a + b for a, b in zip(sums["metrics"], part["metrics"])])
                 cbs.on_test_batch_end(step, {k: float(v) for k, v in self._logs(sums).items()})
         else:
-            sums = engine.evaluate(x, y, batch_size, sample_weight)
+            sums = engine.evaluate(x, y, batch_size, **({} if sample_weight is None else {"sample_weight": sample_weight}))
         logs = {k: float(v) for k, v in self._logs(sums).items()}
         cbs.on_test_end(logs)
         return {prefix + k: v for k, v in logs.items()}
