@@ -1,6 +1,7 @@
 // Activations, forward and backward side by side. Backward is written in terms of the activation's
-// OUTPUT A (not its input Z): every activation here has a derivative expressible from A, so the
-// engine keeps only post-activation buffers.
+// OUTPUT A (not its input Z) wherever the derivative is expressible from A, so that the engine keeps
+// only post-activation buffers. Gelu and swish are not (needs_preactivation): their backward takes
+// the pre-activation Z (act_grad_z, act_backward_row_z), which the engine keeps for those layers.
 #pragma once
 
 #include <algorithm>
@@ -31,10 +32,13 @@ inline void softmax_row(T* a, index_t n) {
 // One element of an elementwise activation (not softmax), the activation fixed at compile time so
 // that loops over elements vectorize: act_value(z) = act(z); act_grad(a, d) = d * act'(z) written
 // from the output a = act(z). Keras 3's definitions and defaults: leaky_relu slope 0.2, elu alpha
-// 1, selu's constants, hard_sigmoid = relu6(z + 3) / 6, softplus = log(1 + e^z).
+// 1, selu's constants, hard_sigmoid = relu6(z + 3) / 6, softplus = log(1 + e^z), gelu exact
+// (approximate=False) z/2 (1 + erf(z / sqrt 2)), swish (silu) z sigmoid(z).
 constexpr double kSeluScale = 1.0507009873554804934193349852946;
 constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
 constexpr double kLeakySlope = 0.2;
+constexpr double kSqrtHalf = 0.70710678118654752440084436210485;     // 1 / sqrt(2)
+constexpr double kInvSqrt2Pi = 0.39894228040143267793994605993438;   // 1 / sqrt(2 pi)
 
 template <Act A, typename T>
 inline T act_value(T z) {
@@ -49,6 +53,8 @@ inline T act_value(T z) {
     if constexpr (A == Act::Softplus) return std::log1p(vexp(-std::abs(z))) + std::max(z, T(0));
     if constexpr (A == Act::Softsign) return z / (T(1) + std::abs(z));
     if constexpr (A == Act::Exponential) return vexp(z);
+    if constexpr (A == Act::Gelu) return z * T(0.5) * (T(1) + std::erf(z * T(kSqrtHalf)));
+    if constexpr (A == Act::Swish) return z * (T(1) / (T(1) + vexp(-z)));
     return z;
 }
 
@@ -65,7 +71,26 @@ inline T act_grad(T a, T d) {
     if constexpr (A == Act::Softplus) return d * -std::expm1(-a);  // sigmoid(z) = 1 - e^-a, exactly
     if constexpr (A == Act::Softsign) return d * ((T(1) - std::abs(a)) * (T(1) - std::abs(a)));
     if constexpr (A == Act::Exponential) return d * a;
+    // Not a function of a: every entry point that could reach these (act_backward_row,
+    // narrow_dense_backward) rejects them first, and the engine takes act_grad_z instead.
+    if constexpr (needs_preactivation(A)) return std::numeric_limits<T>::quiet_NaN();
     return d;
+}
+
+// d * act'(z) from the PRE-activation z: gelu' = Phi(z) + z phi(z) (the normal CDF and density),
+// swish' = s (1 + z (1 - s)) with s = sigmoid(z); any other elementwise activation through its
+// output, act_grad(act_value(z), d).
+template <Act A, typename T>
+inline T act_grad_z(T z, T d) {
+    if constexpr (A == Act::Gelu) {
+        const T cdf = T(0.5) * (T(1) + std::erf(z * T(kSqrtHalf)));
+        return d * (cdf + z * (T(kInvSqrt2Pi) * vexp(T(-0.5) * (z * z))));
+    } else if constexpr (A == Act::Swish) {
+        const T s = T(1) / (T(1) + vexp(-z));
+        return d * (s * (T(1) + z * (T(1) - s)));
+    } else {
+        return act_grad<A>(act_value<A>(z), d);
+    }
 }
 
 // Calls f(std::integral_constant<Act, A>{}) with the elementwise activation `act` fixed at compile
@@ -83,6 +108,8 @@ inline void with_act(Act act, F&& f) {
         case Act::Softplus: f(std::integral_constant<Act, Act::Softplus>{}); break;
         case Act::Softsign: f(std::integral_constant<Act, Act::Softsign>{}); break;
         case Act::Exponential: f(std::integral_constant<Act, Act::Exponential>{}); break;
+        case Act::Gelu: f(std::integral_constant<Act, Act::Gelu>{}); break;
+        case Act::Swish: f(std::integral_constant<Act, Act::Swish>{}); break;
         case Act::Linear:
         case Act::Softmax: f(std::integral_constant<Act, Act::Linear>{}); break;
     }
@@ -102,8 +129,11 @@ inline void act_forward_row(Act act, T* a, index_t n) {
 
 // Backward: d := d * act'(Z), on one row, with act' written from the output a = act(Z)
 // (softmax, a Jacobian-vector product: a * (d - sum(d * a))). d holds dL/dA on entry and dL/dZ on exit.
+// Gelu and swish need Z: act_backward_row_z.
 template <typename T>
 inline void act_backward_row(Act act, const T* a, T* d, index_t n) {
+    require(!needs_preactivation(act), "The gelu and swish derivatives need the pre-activation: "
+                                       "act_backward_row_z, not act_backward_row.");
     if (act == Act::Softmax) {
         T dot = 0;
         for (index_t j = 0; j < n; ++j) dot += d[j] * a[j];
@@ -112,6 +142,25 @@ inline void act_backward_row(Act act, const T* a, T* d, index_t n) {
     }
     with_act(act, [&](auto A) {
         for (index_t j = 0; j < n; ++j) d[j] = act_grad<decltype(A)::value>(a[j], d[j]);
+    });
+}
+
+// Backward from the pre-activation: d := d * act'(z) over n values, for an elementwise activation
+// (not softmax). d holds dL/dA on entry and dL/dZ on exit.
+template <typename T>
+inline void act_backward_row_z(Act act, const T* z, T* d, index_t n) {
+    require(act != Act::Softmax, "act_backward_row_z takes elementwise activations; received softmax.");
+    with_act(act, [&](auto A) {
+        for (index_t j = 0; j < n; ++j) d[j] = act_grad_z<decltype(A)::value>(z[j], d[j]);
+    });
+}
+
+// a := act(z) over n values, for an elementwise activation (training keeps z beside a).
+template <typename T>
+inline void act_forward_copy(Act act, const T* z, T* a, index_t n) {
+    require(act != Act::Softmax, "act_forward_copy takes elementwise activations; received softmax.");
+    with_act(act, [&](auto A) {
+        for (index_t j = 0; j < n; ++j) a[j] = act_value<decltype(A)::value>(z[j]);
     });
 }
 

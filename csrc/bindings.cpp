@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "dense.hpp"
+#include "dropout.hpp"
 #include "engine_api.hpp"
 #include "losses.hpp"
 #include "optim.hpp"
@@ -89,6 +90,7 @@ py::dict sums_to_dict(const EpochSums& s) {
     d["loss"] = s.loss;
     d["metrics"] = s.metrics;
     d["samples"] = s.samples;
+    d["weight_sum"] = s.weight_sum;
     d["steps_done"] = s.steps_done;
     d["steps_total"] = s.steps_total;
     d["stop"] = reasons[static_cast<int>(s.stop)];
@@ -115,25 +117,41 @@ auto locked(E& e, F&& f) {
     return f();
 }
 
+// The sample weights of an engine call: null for None, else a (n,) array of the engine's dtype.
+template <typename T>
+std::optional<carray<T>> sample_weights(py::handle w, index_t n) {
+    if (w.is_none()) return std::nullopt;
+    auto a = carray<T>::ensure(w);
+    if (!a || a.ndim() != 1 || a.shape(0) != n)
+        throw std::invalid_argument("sample_weight must be a 1-D array with one weight per row (" + std::to_string(n) +
+                                    ").");
+    return a;
+}
+
 template <typename T>
 void bind_engine(py::module_& m, const char* name) {
     using E = EngineBase<T>;
     py::class_<E>(m, name)
         .def(py::init([](const std::vector<py::tuple>& specs, const std::string& loss,
                          const std::vector<std::string>& metrics, const py::dict& optimizer, const std::string& isa) {
-                 // Each layer: (in, out, activation, use_bias[, kernel_l1, kernel_l2, bias_l1, bias_l2]).
+                 // Each layer: (in, out, activation, use_bias[, kernel_l1, kernel_l2, bias_l1, bias_l2
+                 // [, dropout rate on its input, dropout seed]]).
                  std::vector<LayerSpec> layers;
                  for (const py::tuple& t : specs) {
-                     if (t.size() != 4 && t.size() != 8)
-                         throw std::invalid_argument("A layer spec has 4 or 8 fields; received " +
+                     if (t.size() != 4 && t.size() != 8 && t.size() != 10)
+                         throw std::invalid_argument("A layer spec has 4, 8 or 10 fields; received " +
                                                      std::to_string(t.size()) + ".");
                      LayerSpec spec{t[0].cast<index_t>(), t[1].cast<index_t>(), parse_act(t[2].cast<std::string>()),
                                     t[3].cast<bool>()};
-                     if (t.size() == 8) {
+                     if (t.size() >= 8) {
                          spec.kernel_l1 = t[4].cast<double>();
                          spec.kernel_l2 = t[5].cast<double>();
                          spec.bias_l1 = t[6].cast<double>();
                          spec.bias_l2 = t[7].cast<double>();
+                     }
+                     if (t.size() == 10) {
+                         spec.dropout = t[8].cast<double>();
+                         spec.dropout_seed = t[9].cast<std::uint64_t>();
                      }
                      layers.push_back(spec);
                  }
@@ -205,16 +223,21 @@ void bind_engine(py::module_& m, const char* name) {
             locked(e, [&] { e.opt() = c; });
         },
              "Change one optimizer setting; it applies from the next update.")
+        .def("set_weighted_metrics", [](E& e, std::vector<bool> flags) {
+            locked(e, [&] { e.set_weighted_metrics(std::move(flags)); });
+        }, py::arg("flags"), "Which metrics the sample weights weight (Keras's weighted_metrics), one flag each.")
         .def_property_readonly("target_cols", &E::target_cols)
         .def("begin_epoch", [](E& e, index_t n, index_t batch_size, bool shuffle, std::uint64_t seed,
                                std::uint64_t epoch) {
             locked(e, [&] { e.begin_epoch(n, batch_size, shuffle, seed, epoch); });
         })
-        .def("train_steps", [](E& e, const carray<T>& x, const carray<T>& y, index_t max_steps) {
+        .def("train_steps", [](E& e, const carray<T>& x, const carray<T>& y, index_t max_steps, py::handle sw) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);
             if (rows_of(y, "y", e.target_cols()) != n)
                 throw std::invalid_argument("x and y must have the same number of rows; received " +
                                             std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            const auto w = sample_weights<T>(sw, n);
+            const T* wp = w ? w->data() : nullptr;
             EpochSums s;
             {
                 py::gil_scoped_release release;
@@ -230,11 +253,11 @@ void bind_engine(py::module_& m, const char* name) {
                     py::gil_scoped_acquire acquire;
                     return PyErr_CheckSignals() != 0;
                 });
-                s = e.train_steps(x.data(), y.data(), n, max_steps);
+                s = e.train_steps(x.data(), y.data(), n, max_steps, wp);
             }
             if (s.stop == StopReason::Interrupted && PyErr_Occurred()) throw py::error_already_set();
             return sums_to_dict(s);
-        })
+        }, py::arg("x"), py::arg("y"), py::arg("max_steps"), py::arg("sample_weight") = py::none())
         .def("predict", [](E& e, const carray<T>& x, index_t batch_size) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);
             py::array_t<T> out({n, e.layers().back().out});
@@ -246,28 +269,32 @@ void bind_engine(py::module_& m, const char* name) {
             }
             return out;
         })
-        .def("evaluate", [](E& e, const carray<T>& x, const carray<T>& y, index_t batch_size) {
+        .def("evaluate", [](E& e, const carray<T>& x, const carray<T>& y, index_t batch_size, py::handle sw) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);
             if (rows_of(y, "y", e.target_cols()) != n)
                 throw std::invalid_argument("x and y must have the same number of rows; received " +
                                             std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            const auto w = sample_weights<T>(sw, n);
+            const T* wp = w ? w->data() : nullptr;
             EpochSums s;
             {
                 py::gil_scoped_release release;
                 std::lock_guard<std::mutex> lock(e.mutex());
-                s = e.evaluate(x.data(), y.data(), n, batch_size);
+                s = e.evaluate(x.data(), y.data(), n, batch_size, wp);
             }
             return sums_to_dict(s);
-        })
-        .def("compute_gradients", [](E& e, const carray<T>& x, const carray<T>& y) {
+        }, py::arg("x"), py::arg("y"), py::arg("batch_size"), py::arg("sample_weight") = py::none())
+        .def("compute_gradients", [](E& e, const carray<T>& x, const carray<T>& y, py::handle sw) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);
             if (rows_of(y, "y", e.target_cols()) != n)
                 throw std::invalid_argument("x and y must have the same number of rows; received " +
                                             std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            const auto w = sample_weights<T>(sw, n);
+            const T* wp = w ? w->data() : nullptr;
             py::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(e.mutex());
-            return e.compute_gradients(x.data(), y.data(), n);
-        });
+            return e.compute_gradients(x.data(), y.data(), n, wp);
+        }, py::arg("x"), py::arg("y"), py::arg("sample_weight") = py::none());
 }
 
 // ---- kernels, for the tests ----
@@ -341,7 +368,7 @@ py::object dense_backward_impl(py::handle xh, py::handle wh, py::handle ah, py::
 
 template <typename T>
 py::object output_loss_impl(py::handle ph, py::handle yh, const std::string& loss, const std::string& act_name,
-                            bool naive) {
+                            bool naive, py::handle wh) {
     const LossKind kind = parse_loss(loss);
     const Act act = parse_act(act_name);
     auto p = as_array<T>(ph, "p", 2);
@@ -350,12 +377,31 @@ py::object output_loss_impl(py::handle ph, py::handle yh, const std::string& los
     auto y = as_array<T>(yh, "y", 2);
     if (rows_of(y, "y", yc) != B) throw std::invalid_argument("y must have as many rows as p.");
     if (is_sparse(kind)) check_sparse_labels(y.data(), B, 1, C);
+    const auto w = sample_weights<T>(wh, B);
+    const T* wp = w ? w->data() : nullptr;
     carray<T> dz({B, C});
     const T scale = B > 0 ? T(1) / T(B) : T(0);
     std::vector<T> work;
-    const double total = naive ? output_loss_naive(kind, act, p.data(), y.data(), yc, B, C, scale, dz.mutable_data(), work)
-                               : output_loss(kind, act, p.data(), y.data(), yc, B, C, scale, dz.mutable_data(), work);
+    const double total =
+        naive ? output_loss_naive(kind, act, p.data(), y.data(), yc, B, C, scale, dz.mutable_data(), work, T(1), wp)
+              : output_loss(kind, act, p.data(), y.data(), yc, B, C, scale, dz.mutable_data(), work, T(1), wp);
     return py::make_tuple(total, dz);
+}
+
+// (act(z), d * act'(z)) for an elementwise activation, the derivative from the pre-activation z.
+template <typename T>
+py::tuple act_z_impl(py::handle zh, py::handle dh, const std::string& act_name) {
+    const Act act = parse_act(act_name);
+    if (act == Act::Softmax) throw std::invalid_argument("activation_z takes elementwise activations; received 'softmax'.");
+    auto z = as_array<T>(zh, "z", -1);
+    auto d = as_array<T>(dh, "d", -1);
+    if (d.size() != z.size()) throw std::invalid_argument("z and d must have the same size.");
+    std::vector<index_t> shape(z.shape(), z.shape() + z.ndim());
+    carray<T> a(shape), dz(shape);
+    std::copy(d.data(), d.data() + d.size(), dz.mutable_data());
+    act_forward_copy(act, z.data(), a.mutable_data(), z.size());
+    act_backward_row_z(act, z.data(), dz.mutable_data(), z.size());
+    return py::make_tuple(a, dz);
 }
 
 template <typename T>
@@ -439,10 +485,39 @@ void bind_kernels(py::module_& k) {
                          : dense_backward_impl<float>(x, w, a, dy, act, use_bias, need_dx, naive);
     }, py::arg("x"), py::arg("w"), py::arg("a"), py::arg("dy"), py::arg("act"), py::arg("use_bias") = true,
        py::arg("need_dx") = true, py::arg("naive") = false, "(dx, dw, db, dz) from dy = dL/da for a = act(x @ w + b).");
-    k.def("output_loss", [](py::handle p, py::handle y, const std::string& loss, const std::string& act, bool naive) {
-        return is_f64(p) ? output_loss_impl<double>(p, y, loss, act, naive) : output_loss_impl<float>(p, y, loss, act, naive);
+    k.def("output_loss", [](py::handle p, py::handle y, const std::string& loss, const std::string& act, bool naive,
+                            py::handle w) {
+        return is_f64(p) ? output_loss_impl<double>(p, y, loss, act, naive, w)
+                         : output_loss_impl<float>(p, y, loss, act, naive, w);
     }, py::arg("p"), py::arg("y"), py::arg("loss"), py::arg("act"), py::arg("naive") = false,
-       "(sum of per-sample losses, dL/dz of the output layer) for the batch mean loss.");
+       py::arg("sample_weight") = py::none(),
+       "(sum of the per-sample losses times their weights, dL/dz of the output layer) for the batch loss "
+       "sum_i w_i loss_i / B.");
+    k.def("activation_z", [](py::handle z, py::handle d, const std::string& act) {
+        return is_f64(z) ? act_z_impl<double>(z, d, act) : act_z_impl<float>(z, d, act);
+    }, py::arg("z"), py::arg("d"), py::arg("act"),
+       "(act(z), d * act'(z)), the derivative computed from the pre-activation z.");
+    k.def("dropout_mask", [](index_t rows, index_t cols, double rate, std::uint64_t seed, std::int64_t iteration,
+                             index_t lanes) {
+        // The engine's mask for a (rows, cols) input, row-major; lanes > 0: drawn in the feature-major
+        // layout with that many lanes (rows real), returned transposed to (rows, cols).
+        require(rows >= 0 && cols >= 0 && rate >= 0 && rate < 1 && (lanes == 0 || lanes >= rows),
+                "dropout_mask: needs rows, cols >= 0, 0 <= rate < 1 and lanes 0 or >= rows.");
+        const std::uint64_t stream = dropout_stream(seed, iteration);
+        py::array_t<std::uint8_t> out({rows, cols});
+        std::uint8_t* o = out.mutable_data();
+        std::vector<float> x(std::max<index_t>(rows, lanes) * cols, 1.0f), dropped(x.size());
+        std::vector<std::uint8_t> mask(x.size());
+        if (lanes == 0) {
+            dropout_forward(dropped.data(), o, x.data(), rows, cols, rate, stream);
+        } else {
+            dropout_forward_lanes(dropped.data(), mask.data(), x.data(), rows, lanes, cols, rate, stream);
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t j = 0; j < cols; ++j) o[r * cols + j] = mask[j * lanes + r];
+        }
+        return out;
+    }, py::arg("rows"), py::arg("cols"), py::arg("rate"), py::arg("seed"), py::arg("iteration"), py::arg("lanes") = 0,
+       "The dropout mask (1: kept) of a (rows, cols) input at update `iteration` (csrc/dropout.hpp).");
     k.def("accuracy_sum", [](py::handle p, py::handle y, const std::string& metric) {
         return is_f64(p) ? accuracy_sum_impl<double>(p, y, metric) : accuracy_sum_impl<float>(p, y, metric);
     }, py::arg("p"), py::arg("y"), py::arg("metric"));

@@ -48,7 +48,12 @@ using index_t = std::int64_t;
 enum class Act {
     Linear, Relu, Sigmoid, Tanh, Softmax,
     LeakyRelu, Elu, Selu, HardSigmoid, Softplus, Softsign, Exponential,
+    Gelu, Swish,
 };
+
+// Gelu and swish have no derivative written in their output alone: training keeps their
+// pre-activation Z (activations.hpp act_backward_row_z).
+constexpr bool needs_preactivation(Act a) { return a == Act::Gelu || a == Act::Swish; }
 enum class LossKind {
     BinaryCrossentropy,
     CategoricalCrossentropy,
@@ -78,6 +83,9 @@ struct LayerSpec {
     bool use_bias = true;
     // Keras's L1/L2 weight penalties: l1 * sum|w| + l2 * sum w^2, added to the loss (no 1/2).
     double kernel_l1 = 0, kernel_l2 = 0, bias_l1 = 0, bias_l2 = 0;
+    // Keras's Dropout(rate, seed) on this layer's INPUT, in training only (csrc/dropout.hpp); 0: none.
+    double dropout = 0;
+    std::uint64_t dropout_seed = 0;
 };
 
 enum class OptKind { SGD, Adam, RMSprop, Adagrad };
@@ -123,6 +131,7 @@ struct EpochSums {
     double loss = 0;
     std::vector<double> metrics;
     index_t samples = 0;
+    double weight_sum = 0;  // the samples' weights summed (= samples without sample weights)
     index_t steps_done = 0;
     index_t steps_total = 0;
     StopReason stop = StopReason::None;

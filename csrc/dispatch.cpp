@@ -44,6 +44,8 @@ EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vec
             require(s.in == layers_[l - 1].out,
                     "Layer " + std::to_string(l) + " expects " + std::to_string(s.in) +
                         " inputs but the previous layer has " + std::to_string(layers_[l - 1].out) + " units.");
+        require(s.dropout >= 0 && s.dropout < 1, "Layer " + std::to_string(l) + ": the dropout rate must be in "
+                                                 "[0, 1); received " + std::to_string(s.dropout) + ".");
         w_off_.push_back(size);
         size += s.in * s.out;
         b_off_.push_back(s.use_bias ? size : -1);
@@ -102,9 +104,11 @@ Act parse_act(const std::string& name) {
     if (name == "softplus") return Act::Softplus;
     if (name == "softsign") return Act::Softsign;
     if (name == "exponential") return Act::Exponential;
+    if (name == "gelu") return Act::Gelu;
+    if (name == "silu" || name == "swish") return Act::Swish;
     throw std::invalid_argument("Unknown activation '" + name +
                                 "'. Expected one of: linear, relu, sigmoid, tanh, softmax, leaky_relu, elu, selu, "
-                                "hard_sigmoid, softplus, softsign, exponential.");
+                                "hard_sigmoid, softplus, softsign, exponential, gelu, silu (swish).");
 }
 
 LossKind parse_loss(const std::string& name) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <string>
 
+#include "dropout.hpp"
 #include "losses.hpp"
 #include "narrow.hpp"
 #include "optim.hpp"
@@ -35,6 +36,9 @@ Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<Metr
     for (const LayerSpec& s : layers_) widest = std::max(widest, s.out);
     narrow_ = widest <= kNarrowWidth;
     acts_.resize(layers_.size());
+    zs_.resize(layers_.size());
+    dropped_.resize(layers_.size());
+    masks_.resize(layers_.size());
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         segments_.emplace_back(w_off_[l], layers_[l].in * layers_[l].out);
         if (b_off_[l] >= 0) segments_.emplace_back(b_off_[l], layers_[l].out);
@@ -56,10 +60,16 @@ void Engine<T>::ensure_batch(index_t B) {
     index_t widest = layers_[0].in;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         acts_[l].resize(B * layers_[l].out);
+        if (needs_preactivation(layers_[l].act)) zs_[l].resize(B * layers_[l].out);
+        if (layers_[l].dropout > 0) {
+            dropped_[l].resize(B * layers_[l].in);
+            masks_[l].resize(B * layers_[l].in);
+        }
         widest = std::max(widest, layers_[l].out);
     }
     xb_.resize(B * layers_[0].in);
     yb_.resize(B * target_cols());
+    wb_.resize(B);
     delta_a_.resize(B * widest);
     delta_b_.resize(B * widest);
     lane_tmp_.resize(2 * B);
@@ -113,28 +123,80 @@ const T* Engine<T>::forward(const T* X, index_t B, std::vector<std::vector<T>>& 
     return in;
 }
 
-// One batch (already gathered into X, Y): forward, loss, metrics, backward into grads_.
+// The training forward, row-major: forward's values, keeping besides acts_ what the backward needs:
+// the pre-activation of gelu and swish layers (zs_) and the dropped input of dropout layers.
 template <typename T>
-double Engine<T>::forward_backward(const T* X, const T* Y, index_t B, std::vector<double>* metric_sums) {
-    const T* P = forward(X, B, acts_);
+const T* Engine<T>::forward_train(const T* X, index_t B) {
+    const T* in = X;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const LayerSpec& s = layers_[l];
+        if (s.dropout > 0) {
+            dropout_forward(dropped_[l].data(), masks_[l].data(), in, B, s.in, s.dropout,
+                            dropout_stream(s.dropout_seed, iterations_));
+            in = dropped_[l].data();
+        }
+        const T* b = s.use_bias ? params_.data() + b_off_[l] : nullptr;
+        if (needs_preactivation(s.act)) {
+            dense_forward(zs_[l].data(), in, params_.data() + w_off_[l], b, B, s.in, s.out, Act::Linear, scratch_);
+            act_forward_copy(s.act, zs_[l].data(), acts_[l].data(), B * s.out);
+        } else {
+            dense_forward(acts_[l].data(), in, params_.data() + w_off_[l], b, B, s.in, s.out, s.act, scratch_);
+        }
+        in = acts_[l].data();
+    }
+    return in;
+}
+
+// Metric sums of a batch: P and Y row-major (L == 0) or feature-major with L lanes; the weighted
+// metrics take the sample weights W (or none).
+template <typename T>
+void Engine<T>::add_metrics(std::vector<double>& sums, const T* P, const T* Y, const T* W, index_t B, index_t L) {
+    const index_t C = layers_.back().out;
+    for (std::size_t m = 0; m < metrics_.size(); ++m) {
+        const T* w = weighted_metrics_[m] ? W : nullptr;
+        sums[m] += L ? narrow_accuracy_sum(metrics_[m], P, Y, B, L, C, w)
+                     : accuracy_sum(metrics_[m], P, Y, target_cols(), B, C, w);
+    }
+}
+
+// The sum of the batch's sample weights (B without them).
+template <typename T>
+double Engine<T>::weight_total(const T* W, index_t B) const {
+    if (!W) return double(B);
+    double total = 0;
+    for (index_t i = 0; i < B; ++i) total += W[i];
+    return total;
+}
+
+// One batch (already gathered into X, Y and the sample weights W or null): forward, loss, metrics,
+// backward into grads_.
+template <typename T>
+double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B, std::vector<double>* metric_sums) {
+    const T* P = forward_train(X, B);
     const LayerSpec& last = layers_.back();
     const index_t yc = target_cols();
     T* dZ = delta_a_.data();
-    const double loss = output_loss(loss_, last.act, P, loss_targets(Y, B * yc), yc, B, last.out, T(1) / T(B), dZ,
-                                    loss_work_, T(huber_delta_));
-    if (metric_sums)
-        for (std::size_t m = 0; m < metrics_.size(); ++m)
-            (*metric_sums)[m] += accuracy_sum(metrics_[m], P, Y, yc, B, last.out);
+    // Gelu and swish outputs: the loss gives dL/dP, and their derivative comes from Z after it.
+    const bool last_z = needs_preactivation(last.act);
+    const double loss = output_loss(loss_, last_z ? Act::Linear : last.act, P, loss_targets(Y, B * yc), yc, B,
+                                    last.out, T(1) / T(B), dZ, loss_work_, T(huber_delta_), W);
+    if (last_z) act_backward_row_z(last.act, zs_.back().data(), dZ, B * last.out);
+    if (metric_sums) add_metrics(*metric_sums, P, Y, W, B, 0);
     // dZ of the last layer is final (the loss folded the activation in): backward with Linear.
     T* d = delta_a_.data();
     T* d_prev = delta_b_.data();
     for (std::size_t l = layers_.size(); l-- > 0;) {
         const LayerSpec& s = layers_[l];
-        const T* in = l == 0 ? X : acts_[l - 1].data();
+        const T* in = s.dropout > 0 ? dropped_[l].data() : l == 0 ? X : acts_[l - 1].data();
         T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
+        Act act = l + 1 == layers_.size() ? Act::Linear : s.act;
+        if (needs_preactivation(act)) {
+            act_backward_row_z(act, zs_[l].data(), d, B * s.out);
+            act = Act::Linear;
+        }
         dense_backward(l == 0 ? static_cast<T*>(nullptr) : d_prev, grads_.data() + w_off_[l], db, d, in,
-                       params_.data() + w_off_[l], acts_[l].data(), B, s.in, s.out,
-                       l + 1 == layers_.size() ? Act::Linear : s.act, scratch_);
+                       params_.data() + w_off_[l], acts_[l].data(), B, s.in, s.out, act, scratch_);
+        if (l > 0 && s.dropout > 0) dropout_backward(d_prev, masks_[l].data(), B * s.in, s.dropout);
         std::swap(d, d_prev);
     }
     return loss;
@@ -142,33 +204,57 @@ double Engine<T>::forward_backward(const T* X, const T* Y, index_t B, std::vecto
 
 // One batch already gathered feature-major into xb_ (K0, L) and yb_ (yc, L), padding lanes zero.
 template <typename T>
-double Engine<T>::forward_backward_narrow(index_t B, index_t L, std::vector<double>* metric_sums) {
+double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums) {
     const T* in = xb_.data();
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerSpec& s = layers_[l];
+        if (s.dropout > 0) {
+            dropout_forward_lanes(dropped_[l].data(), masks_[l].data(), in, B, L, s.in, s.dropout,
+                                  dropout_stream(s.dropout_seed, iterations_));
+            in = dropped_[l].data();
+        }
         const T* b = s.use_bias ? params_.data() + b_off_[l] : nullptr;
-        narrow_dense_forward(acts_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, s.act,
-                             lane_tmp_.data());
+        if (needs_preactivation(s.act)) {
+            narrow_dense_forward(zs_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, Act::Linear,
+                                 lane_tmp_.data());
+            act_forward_copy(s.act, zs_[l].data(), acts_[l].data(), s.out * L);
+        } else {
+            narrow_dense_forward(acts_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, s.act,
+                                 lane_tmp_.data());
+        }
         in = acts_[l].data();
     }
     const LayerSpec& last = layers_.back();
-    const double loss = narrow_output_loss(loss_, last.act, in, loss_targets(yb_.data(), target_cols() * L), B, L,
-                                           last.out, T(1) / T(B), delta_a_.data(), loss_work_, row_work_,
-                                           T(huber_delta_));
-    if (metric_sums)
-        for (std::size_t m = 0; m < metrics_.size(); ++m)
-            (*metric_sums)[m] += narrow_accuracy_sum(metrics_[m], in, yb_.data(), B, L, last.out);
+    const bool last_z = needs_preactivation(last.act);
+    const double loss = narrow_output_loss(loss_, last_z ? Act::Linear : last.act, in,
+                                           loss_targets(yb_.data(), target_cols() * L), B, L, last.out, T(1) / T(B),
+                                           delta_a_.data(), loss_work_, row_work_, T(huber_delta_), W);
+    if (last_z) act_backward_row_z(last.act, zs_.back().data(), delta_a_.data(), last.out * L);
+    if (metric_sums) add_metrics(*metric_sums, in, yb_.data(), W, B, L);
     // delta_a_ holds the last layer's dZ; each backward writes the previous layer's dZ (its
-    // activation derivative fused in) into the other buffer.
+    // activation derivative fused in) into the other buffer. A dropout mask on this layer's input,
+    // or a previous activation that needs its Z, comes between: the derivative is then applied apart.
     T* d = delta_a_.data();
     T* d_prev = delta_b_.data();
     for (std::size_t l = layers_.size(); l-- > 0;) {
         const LayerSpec& s = layers_[l];
-        const T* x = l == 0 ? xb_.data() : acts_[l - 1].data();
+        const T* x = s.dropout > 0 ? dropped_[l].data() : l == 0 ? xb_.data() : acts_[l - 1].data();
         T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
         const Act act_prev = l == 0 ? Act::Linear : layers_[l - 1].act;
+        const bool apart = l > 0 && (s.dropout > 0 || needs_preactivation(act_prev));
+        const T* a_prev = l == 0 ? x : acts_[l - 1].data();
         narrow_dense_backward(l == 0 ? static_cast<T*>(nullptr) : d_prev, grads_.data() + w_off_[l], db, d, x,
-                              params_.data() + w_off_[l], L, s.in, s.out, act_prev, x, lane_tmp_.data());
+                              params_.data() + w_off_[l], L, s.in, s.out, apart ? Act::Linear : act_prev, a_prev,
+                              lane_tmp_.data());
+        if (apart) {
+            if (s.dropout > 0) dropout_backward(d_prev, masks_[l].data(), s.in * L, s.dropout);
+            if (needs_preactivation(act_prev))
+                act_backward_row_z(act_prev, zs_[l - 1].data(), d_prev, s.in * L);
+            else if (act_prev == Act::Softmax)
+                narrow_softmax_backward(a_prev, d_prev, s.in, L, lane_tmp_.data());
+            else
+                act_backward_row(act_prev, a_prev, d_prev, s.in * L);
+        }
         std::swap(d, d_prev);
     }
     return loss;
@@ -178,7 +264,7 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, std::vector<doub
 // zero padding lanes) and run forward and backward: grads_ := the batch's gradient. Returns the
 // batch's loss sum and adds its metric sums.
 template <typename T>
-double Engine<T>::batch_gradients(const T* X, const T* Y, const std::uint32_t* idx, index_t B,
+double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std::uint32_t* idx, index_t B,
                                   std::vector<double>* metric_sums) {
     const index_t K = layers_[0].in, yc = target_cols();
     if (narrow_) {
@@ -193,16 +279,21 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const std::uint32_t* i
             for (index_t r = 0; r < B; ++r) yr[r] = Y[static_cast<index_t>(idx[r]) * yc + j];
             std::fill(yr + B, yr + L, T(0));
         }
-        return forward_backward_narrow(B, L, metric_sums);
+        if (W) {
+            for (index_t r = 0; r < B; ++r) wb_[r] = W[idx[r]];
+            std::fill(wb_.data() + B, wb_.data() + L, T(0));
+        }
+        return forward_backward_narrow(B, L, W ? wb_.data() : nullptr, metric_sums);
     }
     for_chunks(B, std::max<index_t>(1, kElementwiseChunk / (K + yc)), [&](index_t lo, index_t hi) {
         for (index_t r = lo; r < hi; ++r) {
             const index_t src = static_cast<index_t>(idx[r]);
             std::copy(X + src * K, X + src * K + K, xb_.data() + r * K);
             std::copy(Y + src * yc, Y + src * yc + yc, yb_.data() + r * yc);
+            if (W) wb_[r] = W[src];
         }
     });
-    return forward_backward(xb_.data(), yb_.data(), B, metric_sums);
+    return forward_backward(xb_.data(), yb_.data(), W ? wb_.data() : nullptr, B, metric_sums);
 }
 
 // The fused optimizer update over the whole arena, split over the pool; false if a weight became
@@ -239,7 +330,7 @@ void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::ui
 }
 
 template <typename T>
-EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_steps) {
+EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_steps, const T* W) {
     FlushDenormals ftz;
     require(n == epoch_n_, "train_steps: the data has " + std::to_string(n) + " rows but the epoch was begun with " +
                                std::to_string(epoch_n_) + ".");
@@ -258,7 +349,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
         std::fill(step_metrics.begin(), step_metrics.end(), 0.0);
         // The batch's loss, as Keras reports it: the mean over its samples plus the weight
         // penalties (computed with the weights before this update), times B for the epoch's sum.
-        const double loss = batch_gradients(X, Y, idx, B, &step_metrics) + double(B) * penalties(true);
+        const double loss = batch_gradients(X, Y, W, idx, B, &step_metrics) + double(B) * penalties(true);
         if (!std::isfinite(loss)) {
             // TerminateOnNaN, but the weights stay those before this batch.
             sums_.stop = StopReason::NonFiniteLoss;
@@ -271,6 +362,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
         sums_.loss += loss;
         for (std::size_t m = 0; m < step_metrics.size(); ++m) sums_.metrics[m] += step_metrics[m];
         sums_.samples += B;
+        sums_.weight_sum += weight_total(W ? wb_.data() : nullptr, B);
         sums_.steps_done = step + 1;
         if (!finite) {
             sums_.stop = StopReason::NonFiniteWeights;
@@ -307,7 +399,7 @@ void Engine<T>::predict(const T* X, index_t n, T* out, index_t batch_size) {
 }
 
 template <typename T>
-EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_size) {
+EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_size, const T* W) {
     FlushDenormals ftz;
     require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
     check_labels(Y, n);
@@ -322,24 +414,26 @@ EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_s
         const index_t B = std::min(chunk, n - start);
         const T* P = forward(X + start * K, B, acts);
         const T* y = Y + start * yc;
-        sums.loss += loss_sum(loss_, P, loss_targets(y, B * yc), yc, B, C, loss_work_, T(huber_delta_)) +
+        const T* w = W ? W + start : nullptr;
+        sums.loss += loss_sum(loss_, P, loss_targets(y, B * yc), yc, B, C, loss_work_, T(huber_delta_), w) +
                      double(B) * penalties(false);
-        for (std::size_t m = 0; m < metrics_.size(); ++m) sums.metrics[m] += accuracy_sum(metrics_[m], P, y, yc, B, C);
+        add_metrics(sums.metrics, P, y, w, B, 0);
         sums.samples += B;
+        sums.weight_sum += weight_total(w, B);
     }
     sums.steps_done = sums.steps_total = (n - 1) / batch_size + 1;
     return sums;
 }
 
 template <typename T>
-double Engine<T>::compute_gradients(const T* X, const T* Y, index_t n) {
+double Engine<T>::compute_gradients(const T* X, const T* Y, index_t n, const T* W) {
     FlushDenormals ftz;
     require(n > 0 && n < (index_t(1) << 32), "compute_gradients needs between 1 and 2**32 - 1 samples.");
     check_labels(Y, n);
     ensure_batch(n);
     std::vector<std::uint32_t> all(n);
     for (index_t i = 0; i < n; ++i) all[i] = static_cast<std::uint32_t>(i);
-    return batch_gradients(X, Y, all.data(), n, nullptr) + double(n) * penalties(true);
+    return batch_gradients(X, Y, W, all.data(), n, nullptr) + double(n) * penalties(true);
 }
 
 template <typename T>

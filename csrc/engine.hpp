@@ -18,10 +18,10 @@ public:
 
     const char* isa() const override;
     void begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) override;
-    EpochSums train_steps(const T* X, const T* Y, index_t n, index_t max_steps) override;
+    EpochSums train_steps(const T* X, const T* Y, index_t n, index_t max_steps, const T* W = nullptr) override;
     void predict(const T* X, index_t n, T* out, index_t batch_size) override;
-    EpochSums evaluate(const T* X, const T* Y, index_t n, index_t batch_size) override;
-    double compute_gradients(const T* X, const T* Y, index_t n) override;
+    EpochSums evaluate(const T* X, const T* Y, index_t n, index_t batch_size, const T* W = nullptr) override;
+    double compute_gradients(const T* X, const T* Y, index_t n, const T* W = nullptr) override;
 
 private:
     using EngineBase<T>::layers_;
@@ -38,13 +38,17 @@ private:
     using EngineBase<T>::target_cols;
     using EngineBase<T>::huber_delta_;
     using EngineBase<T>::label_smoothing_;
+    using EngineBase<T>::weighted_metrics_;
 
     void ensure_batch(index_t B);
     const T* forward(const T* X, index_t B, std::vector<std::vector<T>>& acts);
-    double forward_backward(const T* X, const T* Y, index_t B, std::vector<double>* metric_sums);
-    double forward_backward_narrow(index_t B, index_t L, std::vector<double>* metric_sums);
-    double batch_gradients(const T* X, const T* Y, const std::uint32_t* idx, index_t B,
+    const T* forward_train(const T* X, index_t B);
+    double forward_backward(const T* X, const T* Y, const T* W, index_t B, std::vector<double>* metric_sums);
+    double forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums);
+    double batch_gradients(const T* X, const T* Y, const T* W, const std::uint32_t* idx, index_t B,
                            std::vector<double>* metric_sums);
+    void add_metrics(std::vector<double>& sums, const T* P, const T* Y, const T* W, index_t B, index_t L);
+    double weight_total(const T* W, index_t B) const;
     void check_labels(const T* Y, index_t n) const;
     const T* loss_targets(const T* Y, index_t n);
     double penalties(bool add_gradients);
@@ -59,6 +63,12 @@ private:
     // Batch buffers, sized for the largest batch seen (in lanes on the narrow path).
     index_t cap_ = 0;
     std::vector<std::vector<T>> acts_;  // per layer (B, out_l), or (out_l, L) on the narrow path
+    // Layers whose activation needs it (gelu, swish): the pre-activation Z, shaped as acts_.
+    std::vector<std::vector<T>> zs_;
+    // Layers with dropout: their dropped input (B, in_l) or (in_l, L), and its mask (1: kept).
+    std::vector<std::vector<T>> dropped_;
+    std::vector<std::vector<std::uint8_t>> masks_;
+    std::vector<T> wb_;  // the batch's sample weights (B), or (L) zero-padded on the narrow path
     std::vector<T> xb_, yb_, delta_a_, delta_b_, loss_work_, row_work_, lane_tmp_, smooth_;
     DenseScratch<T> scratch_;
 

@@ -62,17 +62,28 @@ public:
 
     virtual const char* isa() const = 0;
 
+    // Keras's weighted_metrics: flags[m] says whether metric m is weighted by the sample weights
+    // (its sum then holds sum w_i m_i, to be divided by EpochSums::weight_sum). All false at first.
+    void set_weighted_metrics(std::vector<bool> flags) {
+        require(flags.size() == metrics_.size(), "set_weighted_metrics needs one flag per metric (" +
+                                                     std::to_string(metrics_.size()) + "); received " +
+                                                     std::to_string(flags.size()) + ".");
+        weighted_metrics_ = std::move(flags);
+    }
+
     // Training. begin_epoch fixes the epoch's sample order (a seeded shuffle, or 0..n-1) and
     // clears the running sums; train_steps runs up to max_steps batches of it (all that remain
-    // when max_steps <= 0) and returns the sums so far. X (n, in_0), Y (n, target_cols()).
+    // when max_steps <= 0) and returns the sums so far. X (n, in_0), Y (n, target_cols()), W (n,)
+    // Keras's sample weights or null (all 1): a batch's loss is sum_i w_i loss_i / B, and its
+    // gradient scaled likewise. Layers with dropout drop their inputs here, and only here.
     virtual void begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) = 0;
-    virtual EpochSums train_steps(const T* X, const T* Y, index_t n, index_t max_steps) = 0;
+    virtual EpochSums train_steps(const T* X, const T* Y, index_t n, index_t max_steps, const T* W = nullptr) = 0;
     // Inference: out (n, out_last) overwritten. evaluate returns loss and metric sums over n.
     virtual void predict(const T* X, index_t n, T* out, index_t batch_size) = 0;
-    virtual EpochSums evaluate(const T* X, const T* Y, index_t n, index_t batch_size) = 0;
-    // One forward + backward on the given rows without updating: fills grads(), returns the loss sum
-    // (weight penalties included, times n, as in training).
-    virtual double compute_gradients(const T* X, const T* Y, index_t n) = 0;
+    virtual EpochSums evaluate(const T* X, const T* Y, index_t n, index_t batch_size, const T* W = nullptr) = 0;
+    // One training forward + backward on the given rows without updating: fills grads(), returns the
+    // loss sum (weight penalties included, times n, as in training).
+    virtual double compute_gradients(const T* X, const T* Y, index_t n, const T* W = nullptr) = 0;
 
 protected:
     std::vector<LayerSpec> layers_;
@@ -86,6 +97,7 @@ protected:
     std::function<bool()> interrupted_;
     double huber_delta_ = 1.0;
     double label_smoothing_ = 0.0;
+    std::vector<bool> weighted_metrics_ = std::vector<bool>(metrics_.size(), false);
 
     // The first layer with a NaN or infinite value in `arena` (params_ or grads_): writes the
     // layer index and "kernel"/"bias" into sums; leaves them unset when every value is finite.

@@ -147,19 +147,26 @@ inline T elementwise_term(LossKind kind, T p, T y, T delta) {
     }
 }
 
-// Sum over the B rows of the per-sample losses. The elementwise losses (binary cross-entropy,
-// squared error, ...) compute their terms in one flat pass into `work` (B*C) so that it vectorizes
-// however few columns there are; each row's terms are then summed in column order.
+// Sum over the B rows of the per-sample losses, each times its sample weight w[i] (Keras's
+// sample_weight; w null: all 1), in double. The elementwise losses (binary cross-entropy, squared
+// error, ...) compute their terms in one flat pass into `work` (B*C) so that it vectorizes however
+// few columns there are; each row's terms are then summed in column order.
+template <typename T>
+inline double weighted(double v, const T* w, index_t i) {
+    return w ? double(w[i]) * v : v;
+}
+
 template <typename T>
 double loss_sum(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C, std::vector<T>& work,
-                T delta = T(1)) {
+                T delta = T(1), const T* w = nullptr) {
     double total = 0;
     if (kind == LossKind::CategoricalCrossentropy || kind == LossKind::SparseCategoricalCrossentropy) {
-        for (index_t i = 0; i < B; ++i) total += categorical_loss_row(kind, P + i * C, Y + i * ycols, C);
+        for (index_t i = 0; i < B; ++i) total += weighted(categorical_loss_row(kind, P + i * C, Y + i * ycols, C), w, i);
         return total;
     }
     if (kind == LossKind::CategoricalCrossentropyLogits || kind == LossKind::SparseCategoricalCrossentropyLogits) {
-        for (index_t i = 0; i < B; ++i) total += categorical_logits_row(kind, P + i * C, Y + i * ycols, C);
+        for (index_t i = 0; i < B; ++i)
+            total += weighted(categorical_logits_row(kind, P + i * C, Y + i * ycols, C), w, i);
         return total;
     }
     const index_t n = B * C;
@@ -180,9 +187,17 @@ double loss_sum(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B,
     for (index_t i = 0; i < B; ++i) {
         T s = 0;
         for (index_t j = 0; j < C; ++j) s += t[i * C + j];
-        total += sign * s / T(C);
+        total += weighted(sign * s / T(C), w, i);
     }
     return total;
+}
+
+// dZ (B, C): row i times w[i], the sample weights' share of the gradient (w null: unchanged).
+template <typename T>
+inline void scale_rows(T* dZ, const T* w, index_t B, index_t C) {
+    if (!w) return;
+    for (index_t i = 0; i < B; ++i)
+        for (index_t j = 0; j < C; ++j) dZ[i * C + j] *= w[i];
 }
 
 // G (B, C) := dL/dP times scale, for the batch loss (zero where the clip is active).
@@ -271,13 +286,16 @@ void loss_grad(LossKind kind, const T* P, const T* Y, index_t ycols, index_t B, 
 
 // Loss of a batch and, when dZ is not null, the gradient with respect to the output layer's
 // PRE-activation Z (dZ (B, C) overwritten). Reference path: dL/dP, then the activation's backward.
+// Sample weights w (B,) or null: the loss sums w[i] * loss_i, and row i of dZ is multiplied by w[i]
+// last (Keras 3's sum_over_batch_size: the weighted sum divided by the batch size, scale = 1/B).
 template <typename T>
 double output_loss_naive(LossKind kind, Act act, const T* P, const T* Y, index_t ycols, index_t B, index_t C,
-                         T scale, T* dZ, std::vector<T>& work, T delta = T(1)) {
-    const double total = loss_sum(kind, P, Y, ycols, B, C, work, delta);
+                         T scale, T* dZ, std::vector<T>& work, T delta = T(1), const T* w = nullptr) {
+    const double total = loss_sum(kind, P, Y, ycols, B, C, work, delta, w);
     if (dZ) {
         loss_grad(kind, P, Y, ycols, B, C, scale, dZ, delta);
         act_backward_rows(act, P, dZ, B, C);
+        scale_rows(dZ, w, B, C);
     }
     return total;
 }
@@ -286,16 +304,17 @@ double output_loss_naive(LossKind kind, Act act, const T* P, const T* Y, index_t
 // (sparse) categorical cross-entropy and sigmoid + binary cross-entropy.
 template <typename T>
 double output_loss(LossKind kind, Act act, const T* P, const T* Y, index_t ycols, index_t B, index_t C, T scale,
-                   T* dZ, std::vector<T>& work, T delta = T(1)) {
+                   T* dZ, std::vector<T>& work, T delta = T(1), const T* w = nullptr) {
     const bool softmax_ce = act == Act::Softmax && (kind == LossKind::CategoricalCrossentropy ||
                                                     kind == LossKind::SparseCategoricalCrossentropy);
     const bool sigmoid_bce = act == Act::Sigmoid && kind == LossKind::BinaryCrossentropy;
     if (!dZ || !(softmax_ce || sigmoid_bce))
-        return output_loss_naive(kind, act, P, Y, ycols, B, C, scale, dZ, work, delta);
-    const double total = loss_sum(kind, P, Y, ycols, B, C, work);
+        return output_loss_naive(kind, act, P, Y, ycols, B, C, scale, dZ, work, delta, w);
+    const double total = loss_sum(kind, P, Y, ycols, B, C, work, T(1), w);
     if (sigmoid_bce) {
         const T s = scale / T(C);
         for (index_t k = 0; k < B * C; ++k) dZ[k] = s * (P[k] - Y[k]);
+        scale_rows(dZ, w, B, C);
         return total;
     }
     for (index_t i = 0; i < B; ++i) {
@@ -311,14 +330,17 @@ double output_loss(LossKind kind, Act act, const T* P, const T* Y, index_t ycols
             for (index_t j = 0; j < C; ++j) d[j] = scale * (p[j] * ysum - y[j]);
         }
     }
+    scale_rows(dZ, w, B, C);
     return total;
 }
 
-// Sum over the B rows of the per-sample metric (Keras 3 definitions):
+// Sum over the B rows of the per-sample metric (Keras 3 definitions), each times its sample weight
+// w[i] (Keras's weighted_metrics; w null: all 1):
 //   binary: mean over columns of [(p > 0.5) == y];  categorical: argmax p == argmax y;
 //   sparse categorical: argmax p == y[0];  mean absolute / squared error: mean over columns.
 template <typename T>
-double accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C) {
+double accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t ycols, index_t B, index_t C,
+                    const T* w = nullptr) {
     double total = 0;
     for (index_t i = 0; i < B; ++i) {
         const T* p = P + i * C;
@@ -327,14 +349,14 @@ double accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t ycols, inde
             case MetricKind::BinaryAccuracy: {
                 index_t hits = 0;
                 for (index_t j = 0; j < C; ++j) hits += T(p[j] > T(0.5)) == y[j];
-                total += static_cast<double>(hits) / static_cast<double>(C);
+                total += weighted(static_cast<double>(hits) / static_cast<double>(C), w, i);
                 break;
             }
             case MetricKind::CategoricalAccuracy:
-                total += argmax_row(p, C) == argmax_row(y, C);
+                total += weighted(double(argmax_row(p, C) == argmax_row(y, C)), w, i);
                 break;
             case MetricKind::SparseCategoricalAccuracy:
-                total += argmax_row(p, C) == static_cast<index_t>(y[0]);
+                total += weighted(double(argmax_row(p, C) == static_cast<index_t>(y[0])), w, i);
                 break;
             case MetricKind::MeanAbsoluteError:
             case MetricKind::MeanSquaredError: {  // mean over columns, in T, as the losses
@@ -343,7 +365,7 @@ double accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t ycols, inde
                     const T e = p[j] - y[j];
                     s += kind == MetricKind::MeanAbsoluteError ? std::abs(e) : e * e;
                 }
-                total += s / T(C);
+                total += weighted(s / T(C), w, i);
                 break;
             }
         }

@@ -151,6 +151,8 @@ void narrow_softmax_backward(const T* A, T* D, index_t F, index_t L, T* tmp) {
 template <typename T>
 void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T* W, index_t L, index_t K, index_t N,
                            Act act_prev, const T* A_prev, T* tmp) {
+    require(!needs_preactivation(act_prev), "narrow_dense_backward: gelu and swish need the pre-activation; pass "
+                                            "Linear and apply act_backward_row_z.");
     for (index_t k = 0; k < K; ++k)
         for (index_t n = 0; n < N; ++n) dW[k * N + n] = lane_dot(X + k * L, dZ + n * L, L);
     if (db)
@@ -172,10 +174,12 @@ void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T
 
 // Loss of the B real lanes of P (C, L) against Y (yc, L) (yc = 1: class ids), summed over lanes in
 // ascending order; with dZ (C, L) not null, also the output layer's logit gradient, zero on the
-// padding lanes. work and row_work are scratch. Same per-lane operations as output_loss.
+// padding lanes. work and row_work are scratch. Same per-lane operations as output_loss, sample
+// weights w (L,) or null included.
 template <typename T>
 double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_t B, index_t L, index_t C, T scale,
-                          T* dZ, std::vector<T>& work, std::vector<T>& row_work, T delta = T(1)) {
+                          T* dZ, std::vector<T>& work, std::vector<T>& row_work, T delta = T(1),
+                          const T* w = nullptr) {
     if (kind != LossKind::BinaryCrossentropy && kind != LossKind::CategoricalCrossentropy &&
         kind != LossKind::SparseCategoricalCrossentropy && kind != LossKind::MeanSquaredError) {
         // The other losses exist row-major only: transpose the B real lanes in, and dZ back out.
@@ -188,7 +192,7 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
             for (index_t l = 0; l < B; ++l) pr[l * C + c] = P[c * L + l];
         for (index_t c = 0; c < yc; ++c)
             for (index_t l = 0; l < B; ++l) yr[l * yc + c] = Y[c * L + l];
-        const double total = output_loss(kind, act, pr, yr, yc, B, C, scale, dZ ? dr : nullptr, row_work, delta);
+        const double total = output_loss(kind, act, pr, yr, yc, B, C, scale, dZ ? dr : nullptr, row_work, delta, w);
         if (dZ)
             for (index_t c = 0; c < C; ++c) {
                 for (index_t l = 0; l < B; ++l) dZ[c * L + l] = dr[l * C + c];
@@ -230,7 +234,7 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
         }
     }
     double total = 0;
-    for (index_t l = 0; l < B; ++l) total += s[l];
+    for (index_t l = 0; l < B; ++l) total += weighted(double(s[l]), w, l);
     if (!dZ) return total;
 
     const index_t n = C * L;
@@ -278,19 +282,23 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
             act_backward_row(act, P, dZ, n);
         }
     }
+    if (w)
+        for (index_t c = 0; c < C; ++c)
+            for (index_t l = 0; l < L; ++l) dZ[c * L + l] *= w[l];
     for (index_t c = 0; c < C; ++c) std::fill(dZ + c * L + B, dZ + (c + 1) * L, T(0));
     return total;
 }
 
-// Sum over the B real lanes of the per-sample accuracy (as accuracy_sum).
+// Sum over the B real lanes of the per-sample accuracy (as accuracy_sum, sample weights w included).
 template <typename T>
-double narrow_accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t B, index_t L, index_t C) {
+double narrow_accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t B, index_t L, index_t C,
+                           const T* w = nullptr) {
     double total = 0;
     for (index_t l = 0; l < B; ++l) {
         if (kind == MetricKind::BinaryAccuracy) {
             index_t hits = 0;
             for (index_t c = 0; c < C; ++c) hits += T(P[c * L + l] > T(0.5)) == Y[c * L + l];
-            total += static_cast<double>(hits) / static_cast<double>(C);
+            total += weighted(static_cast<double>(hits) / static_cast<double>(C), w, l);
             continue;
         }
         if (kind == MetricKind::MeanAbsoluteError || kind == MetricKind::MeanSquaredError) {
@@ -299,7 +307,7 @@ double narrow_accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t B, i
                 const T e = P[c * L + l] - Y[c * L + l];
                 s += kind == MetricKind::MeanAbsoluteError ? std::abs(e) : e * e;
             }
-            total += s / T(C);
+            total += weighted(double(s / T(C)), w, l);
             continue;
         }
         index_t best = 0;
@@ -312,7 +320,7 @@ double narrow_accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t B, i
             for (index_t c = 1; c < C; ++c)
                 if (Y[c * L + l] > Y[truth * L + l]) truth = c;
         }
-        total += best == truth;
+        total += weighted(double(best == truth), w, l);
     }
     return total;
 }

@@ -295,8 +295,8 @@ def test_keras_weights_file_loads_into_a_fastmlp_model():
 
 
 def test_unsupported_layers_are_named():
-    with pytest.raises(ValueError, match=r"unsupported\.keras: .*unsupported: 'dropout' \(Dropout\), "
-                                         r"'batch_normalization' \(BatchNormalization\)"):
+    with pytest.raises(ValueError, match=r"unsupported\.keras: .*unsupported: 'batch_normalization' "
+                                         r"\(BatchNormalization\)\.$"):
         load_model(os.path.join(FIXTURES, "unsupported.keras"))
 
 
@@ -310,7 +310,7 @@ def test_unneeded_keras_keys_are_ignored_and_unsupported_settings_refused():
     dense.update(lora_rank=None, some_future_option=None)
     assert [layer.units for layer in Sequential.from_config(config).layers] == [4, 4, 2]
     for key, value, match in (("kernel_constraint", {"class_name": "NonNeg", "config": {}}, "kernel_constraint"),
-                              ("trainable", False, "trainable=False"), ("activation", "gelu", "gelu"),
+                              ("trainable", False, "trainable=False"), ("activation", "relu6", "relu6"),
                               ("dtype", "mixed_float16", "mixed_float16")):
         broken = keras_config()["config"]
         broken["layers"][1]["config"][key] = value

@@ -3,7 +3,8 @@
 from .reference import kernels as _ref
 
 ALL = ("linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "elu", "selu", "hard_sigmoid", "softplus",
-       "softsign", "exponential")
+       "softsign", "exponential", "gelu", "silu")
+ALIASES = {"swish": "silu"}  # Keras 3 resolves 'swish' to silu and serializes it as 'silu'
 
 
 def _make(name):
@@ -27,9 +28,11 @@ hard_sigmoid = _make("hard_sigmoid")
 softplus = _make("softplus")
 softsign = _make("softsign")
 exponential = _make("exponential")
+gelu = _make("gelu")  # exact, Keras 3's default approximate=False: x/2 (1 + erf(x / sqrt 2))
+silu = _make("silu")  # x sigmoid(x)
+swish = silu
 
 _BY_FUNCTION = {globals()[name]: name for name in ALL}
-_MISSING = ("gelu", "swish", "silu")  # their derivatives need the pre-activation: not in the engine yet
 
 
 def get(identifier):
@@ -39,8 +42,8 @@ def get(identifier):
     if isinstance(identifier, str):
         if identifier in ALL:
             return identifier
-        if identifier in _MISSING:
-            raise ValueError(f"The {identifier!r} activation is not supported by fastmlp yet. Supported: {', '.join(ALL)}.")
+        if identifier in ALIASES:
+            return ALIASES[identifier]
         raise ValueError(
             f"Unknown activation {identifier!r}. Expected one of {', '.join(ALL)} (or None for linear)."
         )

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _core, backend as _backend, callbacks as _callbacks, losses as _losses, metrics as _metrics
 from . import _keras_config, optimizers as _optimizers, saving as _saving, utils as _utils
-from .layers.core import Activation, Dense, Flatten, InputLayer, _auto_name
+from .layers.core import Activation, Dense, Dropout, Flatten, InputLayer, _auto_name
 from .reference import ReferenceEngine
 from .saving import load_model
 
@@ -80,6 +80,7 @@ class Sequential:
         self._sample_shape = None  # a multi-dimensional input's shape per sample (Flatten)
         self._pending_flatten = False  # an Input of several dimensions waits for its Flatten
         self._activations = {}  # Dense index -> activation of an Activation layer fused after it
+        self._dropouts = {}  # Dense index -> the Dropout on that Dense's input
         self._input_layer = None
         self._floatx = None  # the float type of a loaded model, else backend.floatx() at build/compile
         self._fit_lock = threading.Lock()  # one fit at a time; other calls are serialized natively
@@ -104,8 +105,9 @@ class Sequential:
         return list(self._all_layers)
 
     def add(self, layer):
-        """Append a layer: ``Dense``, ``Activation`` (fused into a linear Dense before it), or
-        ``Flatten`` first; or declare the input with ``Input(shape=...)`` first."""
+        """Append a layer: ``Dense``, ``Activation`` (fused into a linear Dense before it),
+        ``Dropout`` (on the input or between layers, one in a row), or ``Flatten`` first; or declare
+        the input with ``Input(shape=...)`` first."""
         if isinstance(layer, InputLayer):
             if self._all_layers or self._input_dim is not None:
                 raise ValueError("An Input must come first in a Sequential model, before any other layer.")
@@ -129,8 +131,17 @@ class Sequential:
             return
         if self._pending_flatten:
             raise ValueError(f"The Input has shape {self._sample_shape}: add Flatten() after it, before {layer.name!r}.")
+        if isinstance(layer, Dropout):
+            if len(self._layers) in self._dropouts:
+                raise ValueError(f"Dropout {layer.name!r} follows another Dropout: fastmlp takes one Dropout between "
+                                 "layers; use a single one with the combined rate 1 - (1 - r1) (1 - r2).")
+            self._dropouts[len(self._layers)] = layer
+            self._all_layers.append(layer)
+            self._engine = None
+            return
         if isinstance(layer, Activation):
-            if not self._layers or self._layers[-1].activation != "linear" or len(self._layers) - 1 in self._activations:
+            if (not self._layers or self._layers[-1].activation != "linear" or len(self._layers) - 1 in self._activations
+                    or len(self._layers) in self._dropouts):
                 raise ValueError(
                     f"Activation({layer.activation!r}) must follow a Dense layer without an activation of its own "
                     "(fastmlp fuses it into that layer); give the Dense layer activation= instead."
@@ -141,8 +152,8 @@ class Sequential:
             return
         if not isinstance(layer, Dense):
             raise TypeError(
-                "Only fastmlp.layers Dense, Activation and Flatten layers (and an Input first) can be added to a "
-                f"Sequential model. Received: {layer!r}"
+                "Only fastmlp.layers Dense, Activation, Dropout and Flatten layers (and an Input first) can be added "
+                f"to a Sequential model. Received: {layer!r}"
             )
         if any(existing is layer for existing in self._layers):
             raise ValueError(f"Layer {layer.name!r} is already in this model.")
@@ -193,7 +204,7 @@ class Sequential:
 
     # ---- compile ----
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, backend="cpu"):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None, backend="cpu"):
         """Configure training.
 
         Args:
@@ -201,7 +212,11 @@ class Sequential:
                 ``'adagrad'``) or instance (``fastmlp.optimizers.SGD(...)``).
             loss: ``'binary_crossentropy'``, ``'categorical_crossentropy'``,
                 ``'sparse_categorical_crossentropy'`` or ``'mse'`` (or a fastmlp.losses class).
-            metrics: list of metric names, e.g. ``['accuracy']``.
+            metrics: list of metric names, e.g. ``['accuracy']``; not weighted by sample weights
+                (Keras 3).
+            weighted_metrics: list of metric names weighted by the sample or class weights given to
+                ``fit``/``evaluate``: ``sum(w * m) / sum(w)``. Its history key is the name, or
+                ``'weighted_' + name`` when ``metrics`` has the same name (Keras 3's rule).
             backend: ``'cpu'`` (native C++ engine) or ``'numpy'`` (the NumPy reference).
         """
         if not self._layers:
@@ -213,19 +228,29 @@ class Sequential:
         loss_object = _losses.get(loss)
         loss_name = loss_object.name
         opt = _optimizers.get(optimizer)
-        if metrics is None:
-            metrics = []
-        if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
-            raise TypeError(f"Expected `metrics` to be a list of names such as ['accuracy']. Received: {metrics!r}")
+        metrics = [] if metrics is None else metrics
+        weighted_metrics = [] if weighted_metrics is None else weighted_metrics
+        for arg, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise TypeError(f"Expected `{arg}` to be a list of names such as ['accuracy']. Received: {value!r}")
         units = self._layers[-1].units
-        kinds = [_metrics.resolve(m, loss_name, units) for m in metrics]
+        kinds = [_metrics.resolve(m, loss_name, units) for m in list(metrics) + list(weighted_metrics)]
+        names = list(metrics)
+        for m in weighted_metrics:  # Keras 3's CompileMetrics.result naming
+            name = m if m not in names else f"weighted_{m}"
+            base, i = name, 1
+            while name in names:
+                name, i = f"{base}_{i}", i + 1
+            names.append(name)
         if loss_name == "sparse_categorical_crossentropy" and units < 2:
             raise ValueError("sparse_categorical_crossentropy needs an output layer with at least 2 units.")
         self.optimizer = opt
         self.loss = loss_name
         self._loss = loss_object
-        self._compile_args = {"metrics": list(metrics), "kinds": kinds, "backend": backend,
-                              "dtype": self._floatx or _backend.floatx()}
+        self._compile_args = {"metrics": list(metrics), "weighted_metrics": list(weighted_metrics),
+                              "metric_names": names, "kinds": kinds,
+                              "weighted": [False] * len(metrics) + [True] * len(weighted_metrics),
+                              "backend": backend, "dtype": self._floatx or _backend.floatx()}
         self._engine = None
         if self.built:
             self._make_engine()
@@ -235,13 +260,21 @@ class Sequential:
         return self._compile_args is not None
 
     def _specs(self):
-        """Each layer for the engine: (in, out, activation, use_bias, kernel l1, l2, bias l1, l2)."""
+        """Each layer for the engine: (in, out, activation, use_bias, kernel l1, l2, bias l1, l2,
+        dropout rate on its input, dropout seed)."""
+        if len(self._layers) in self._dropouts:
+            raise ValueError(f"Dropout {self._dropouts[len(self._layers)].name!r} follows the output layer: fastmlp "
+                             "drops the inputs of the next Dense layer, so a Dropout must come before a Dense.")
 
         def coefficients(regularizer):
             return (regularizer.l1, regularizer.l2) if regularizer is not None else (0.0, 0.0)
 
+        def dropout(i):
+            layer = self._dropouts.get(i)
+            return (layer.rate, layer._mask_seed) if layer is not None else (0.0, 0)
+
         return [(layer.input_dim, layer.units, self._activations.get(i, layer.activation), layer.use_bias,
-                 *coefficients(layer.kernel_regularizer), *coefficients(layer.bias_regularizer))
+                 *coefficients(layer.kernel_regularizer), *coefficients(layer.bias_regularizer), *dropout(i))
                 for i, layer in enumerate(self._layers)]
 
     def _make_engine(self):
@@ -254,6 +287,8 @@ class Sequential:
         else:
             engine = ReferenceEngine(specs, self._loss._engine_name(), args["kinds"], cfg, dtype=args["dtype"])
         engine.set_loss_options(**self._loss._engine_options())
+        if any(args["weighted"]):
+            engine.set_weighted_metrics(args["weighted"])
         views = engine.weight_views("params")
         i = 0
         for layer in self._layers:
@@ -266,6 +301,18 @@ class Sequential:
                 i += 1
         self.optimizer._attach(engine)
         self._engine = engine
+
+    def _rebuild_engine(self):
+        """A new engine for changed layer settings, keeping the weights, the optimizer's state and
+        its iteration count."""
+        old = self._engine
+        state = {arena: [np.array(v) for v in old.weight_views(arena)] for arena in ("velocity", "second")}
+        iterations = old.iterations
+        self._make_engine()
+        for arena, values in state.items():
+            for view, value in zip(self._engine.weight_views(arena), values):
+                view[...] = value
+        self._engine.iterations = iterations
 
     def _ready_engine(self, x):
         """Build (from the data's width) and create the engine if needed; return it."""
@@ -333,23 +380,66 @@ class Sequential:
             )
         return np.ascontiguousarray(arr, dtype=self._dtype())
 
+    def _prepare_sample_weight(self, sample_weight, n, name="sample_weight"):
+        """Keras's per-sample weights, (n,) or (n, 1), as a (n,) array of the model's dtype; None stays None."""
+        if sample_weight is None:
+            return None
+        arr = _as_numeric_array(sample_weight, name)
+        if arr.shape not in ((n,), (n, 1)):
+            raise ValueError(f"`{name}` must hold one weight per sample, shape ({n},) or ({n}, 1); received shape "
+                             f"{arr.shape}.")
+        return np.ascontiguousarray(arr.reshape(n), dtype=self._dtype())
+
+    def _class_sample_weights(self, class_weight, y):
+        """Keras 3's class_weight: each sample weighted by its class's weight (1 for a class not in the
+        dict); the class is the argmax of a one-hot target, else the rounded label (sparse labels, or
+        the 0/1 target of a single sigmoid output)."""
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"Expected `class_weight` to be a dict mapping class indices to weights. Received: "
+                            f"class_weight={class_weight!r}")
+        table = {}
+        for key, value in class_weight.items():
+            if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+                raise TypeError(f"`class_weight` keys must be integer class indices; received {key!r}.")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"`class_weight` values must be numbers; received {value!r} for class {key}.")
+            if not np.isfinite(value):
+                raise ValueError(f"`class_weight` values must be finite; received {value!r} for class {key}.")
+            table[int(key)] = float(value)
+        labels = np.argmax(y, axis=1) if y.shape[1] > 1 else np.round(y[:, 0]).astype(np.int64)
+        return np.array([table.get(int(c), 1.0) for c in labels], dtype=self._dtype())
+
     def _batch_size(self, batch_size):
         return 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
 
     def _logs(self, sums, prefix=""):
+        """Epoch or running logs from the engine's sums: the loss and the unweighted metrics per
+        sample, the weighted metrics per unit of sample weight (0 when the weights sum to 0, as Keras)."""
         n = max(sums["samples"], 1)
-        logs = {prefix + name: total / n for name, total in zip(self._compile_args["metrics"], sums["metrics"])}
+        weight_sum = sums.get("weight_sum", n)
+        args = self._compile_args
+        logs = {}
+        for name, weighted, total in zip(args["metric_names"], args["weighted"], sums["metrics"]):
+            logs[prefix + name] = (total / weight_sum if weight_sum else 0.0) if weighted else total / n
         logs[prefix + "loss"] = sums["loss"] / n
         return logs
 
     # ---- training and inference ----
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0, on_nonfinite="stop"):
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            on_nonfinite="stop"):
         """Train for `epochs` epochs; returns a ``History`` (``.history``, ``.epoch``).
 
         The epoch loss (and each metric) is the batch-size-weighted mean of the per-batch values,
         computed with the weights at each step; the last partial batch is kept.
+
+        `sample_weight` (one weight per sample) or `class_weight` (a dict from class index to
+        weight, not both) weight the loss as Keras 3 does: a batch's loss is
+        ``sum(w * loss) / batch_size`` (not divided by the weights' sum), and its gradient likewise.
+        ``metrics`` stay unweighted, ``weighted_metrics`` take the weights. `validation_data` may be
+        ``(x_val, y_val, val_sample_weight)``; `validation_split` splits the sample weights too, and
+        class weights apply to the training part only.
 
         `callbacks` (``fastmlp.callbacks``) get Keras 3's hooks. Each epoch is one native call
         unless a callback overrides a batch hook; the engine then runs batch by batch, with the
@@ -371,12 +461,12 @@ class Sequential:
             )
         try:
             return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
-                             shuffle, initial_epoch, on_nonfinite)
+                             shuffle, class_weight, sample_weight, initial_epoch, on_nonfinite)
         finally:
             self._fit_lock.release()
 
     def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-             initial_epoch, on_nonfinite):
+             class_weight, sample_weight, initial_epoch, on_nonfinite):
         if on_nonfinite not in ("stop", "raise"):
             raise ValueError(f"Expected `on_nonfinite` to be 'stop' or 'raise'. Received: on_nonfinite={on_nonfinite!r}")
         batch_size = self._batch_size(batch_size)
@@ -391,15 +481,20 @@ class Sequential:
             raise ValueError(f"`validation_split` must be in [0, 1). Received: validation_split={validation_split!r}")
         if not self.compiled:
             raise ValueError("You must call `compile()` before `fit()`.")
+        if class_weight is not None and sample_weight is not None:
+            raise ValueError("You cannot `class_weight` and `sample_weight` at the same time.")
         x = self._prepare_x(x)
         engine = self._ready_engine(x)
         y = self._prepare_y(y, len(x))
+        sw = self._prepare_sample_weight(sample_weight, len(x))
         val = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("`validation_data` must be a tuple (x_val, y_val).")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("`validation_data` must be a tuple (x_val, y_val) or (x_val, y_val, val_sample_weight).")
             vx = self._prepare_x(validation_data[0], "x_val")
-            val = (vx, self._prepare_y(validation_data[1], len(vx), "y_val"))
+            vw = validation_data[2] if len(validation_data) == 3 else None
+            val = (vx, self._prepare_y(validation_data[1], len(vx), "y_val"),
+                   self._prepare_sample_weight(vw, len(vx), "val_sample_weight"))
         elif validation_split:
             split = int(len(x) * (1 - validation_split))
             if split == 0 or split == len(x):
@@ -407,7 +502,11 @@ class Sequential:
                     f"validation_split={validation_split} leaves an empty training or validation set "
                     f"with {len(x)} samples."
                 )
-            x, y, val = x[:split], y[:split], (x[split:], y[split:])
+            val = (x[split:], y[split:], None if sw is None else sw[split:])
+            x, y, sw = x[:split], y[:split], None if sw is None else sw[:split]
+        if class_weight is not None:
+            sw = self._class_sample_weights(class_weight, y)
+        weights = {} if sw is None else {"sample_weight": sw}  # engines take them as an optional keyword
 
         steps = _steps(len(x), batch_size)
         cbs = _callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self,
@@ -428,7 +527,7 @@ class Sequential:
             while True:
                 if by_batch:  # Keras's per-batch hooks, with the running means as logs
                     cbs.on_train_batch_begin(done)
-                    sums = engine.train_steps(x, y, 1)
+                    sums = engine.train_steps(x, y, 1, **weights)
                     if not sums["stop"]:
                         batch_logs = {k: float(v) for k, v in self._logs(sums).items()}
                         cbs.on_train_batch_end(done, batch_logs)
@@ -436,12 +535,12 @@ class Sequential:
                             cbs.progbar.update(sums["steps_done"], sums["steps_total"], batch_logs)
                 elif live:
                     t0 = time.perf_counter()
-                    sums = engine.train_steps(x, y, slice_steps)
+                    sums = engine.train_steps(x, y, slice_steps, **weights)
                     per_step = (time.perf_counter() - t0) / max(sums["steps_done"] - done, 1)
                     slice_steps = max(1, int(_REDRAW_SECONDS / max(per_step, 1e-9)))
                     cbs.progbar.update(sums["steps_done"], sums["steps_total"], self._logs(sums))
                 else:
-                    sums = engine.train_steps(x, y, 0)
+                    sums = engine.train_steps(x, y, 0, **weights)
                 done = sums["steps_done"]
                 if sums["stop"] or done >= sums["steps_total"] or self.stop_training:
                     break
@@ -449,7 +548,7 @@ class Sequential:
             if sums["stop"]:
                 self._stop_nonfinite(sums, epoch, logs, on_nonfinite, cbs)
             if val is not None:
-                logs.update(self._run_evaluate(val[0], val[1], batch_size, cbs, prefix="val_"))
+                logs.update(self._run_evaluate(val[0], val[1], batch_size, cbs, prefix="val_", sample_weight=val[2]))
             logs = {k: float(v) for k, v in logs.items()}
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -484,39 +583,45 @@ class Sequential:
         return (f"Epoch {epoch + 1}, batch {step - 1}: the update made layer {layer!r}'s {sums['bad_part']} NaN or "
                 "infinite (the loss was finite); training stopped. Lower the learning rate.")
 
-    def _run_evaluate(self, x, y, batch_size, cbs, prefix=""):
-        """The loss and metrics on (x, y), calling the test hooks of `cbs`: per batch only when one
-        of them overrides a test batch hook."""
+    def _run_evaluate(self, x, y, batch_size, cbs, prefix="", sample_weight=None):
+        """The loss and metrics on (x, y) (weighted by `sample_weight` or not), calling the test hooks
+        of `cbs`: per batch only when one of them overrides a test batch hook."""
         engine = self._engine
         cbs.on_test_begin()
         if cbs.needs_batches("test"):
             sums = None
             for step, start in enumerate(range(0, len(x), batch_size)):
                 cbs.on_test_batch_begin(step)
-                part = engine.evaluate(x[start : start + batch_size], y[start : start + batch_size], batch_size)
+                end = start + batch_size
+                weights = {} if sample_weight is None else {"sample_weight": sample_weight[start:end]}
+                part = engine.evaluate(x[start:end], y[start:end], batch_size, **weights)
                 sums = part if sums is None else dict(
                     sums, loss=sums["loss"] + part["loss"], samples=sums["samples"] + part["samples"],
+                    weight_sum=sums["weight_sum"] + part["weight_sum"],
                     metrics=[a + b for a, b in zip(sums["metrics"], part["metrics"])])
                 cbs.on_test_batch_end(step, {k: float(v) for k, v in self._logs(sums).items()})
         else:
-            sums = engine.evaluate(x, y, batch_size)
+            sums = engine.evaluate(x, y, batch_size, **({} if sample_weight is None else {"sample_weight": sample_weight}))
         logs = {k: float(v) for k, v in self._logs(sums).items()}
         cbs.on_test_end(logs)
         return {prefix + k: v for k, v in logs.items()}
 
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False, callbacks=None):
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, return_dict=False,
+                 callbacks=None):
         """Loss (and metrics) on the given data: a scalar, ``[loss, *metrics]``, or a dict.
-        `callbacks` get the ``on_test_*`` hooks."""
+        `sample_weight` weights the loss (``sum(w * loss) / samples``) and the weighted metrics, as
+        in ``fit``. `callbacks` get the ``on_test_*`` hooks."""
         batch_size = self._batch_size(batch_size)
         if not self.compiled:
             raise ValueError("You must call `compile()` before `evaluate()`.")
         x = self._prepare_x(x)
         self._ready_engine(x)
         y = self._prepare_y(y, len(x))
+        sw = self._prepare_sample_weight(sample_weight, len(x))
         steps = _steps(len(x), batch_size)
         cbs = _callbacks.CallbackList(callbacks, model=self, verbose=verbose, epochs=1, steps=steps)
         t0 = time.perf_counter()
-        logs = self._run_evaluate(x, y, batch_size, cbs)
+        logs = self._run_evaluate(x, y, batch_size, cbs, sample_weight=sw)
         if verbose in ("auto", 1, 2):
             elapsed = time.perf_counter() - t0
             print(
@@ -525,7 +630,7 @@ class Sequential:
             )
         if return_dict:
             return logs
-        values = [logs["loss"]] + [logs[m] for m in self._compile_args["metrics"]]
+        values = [logs["loss"]] + [logs[m] for m in self._compile_args["metric_names"]]
         return values[0] if len(values) == 1 else values
 
     def predict(self, x, batch_size=None, verbose=0, callbacks=None):
@@ -696,7 +801,8 @@ class Sequential:
             raise ValueError("fastmlp has no custom objects: `custom_objects` must be empty.")
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ValueError(f"A Sequential config is a dict with a 'layers' list. Received: {config!r}")
-        classes = {"InputLayer": InputLayer, "Dense": Dense, "Flatten": Flatten, "Activation": Activation}
+        classes = {"InputLayer": InputLayer, "Dense": Dense, "Flatten": Flatten, "Activation": Activation,
+                   "Dropout": Dropout}
         entries = [_keras_config.unpack(entry, "layer") for entry in config["layers"]]
         unsupported = [f"{settings.get('name', '?')!r} ({name})" for name, settings in entries if name not in classes]
         if unsupported:

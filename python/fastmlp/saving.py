@@ -157,15 +157,22 @@ def _weights_h5(model):
             for i, value in enumerate(optimizer_variables(model)):
                 group.create_dataset(str(i), data=value)
         f.create_group("vars").attrs["name"] = model.name
-        f.attrs["fastmlp"] = json.dumps({"shuffle_seed": model._shuffle_seed, "shuffle_epochs": model._shuffle_epochs})
+        f.attrs["fastmlp"] = json.dumps({"shuffle_seed": model._shuffle_seed, "shuffle_epochs": model._shuffle_epochs,
+                                         "dropout_seeds": [layer._mask_seed for layer in _dropouts(model)]})
     return buffer.getvalue()
 
 
+def _dropouts(model):
+    from .layers import Dropout
+
+    return [layer for layer in model.layers if isinstance(layer, Dropout)]
+
+
 def _compile_config(model):
-    metrics = model._compile_args["metrics"]
+    metrics, weighted = model._compile_args["metrics"], model._compile_args["weighted_metrics"]
     return {"optimizer": _optimizers.serialize(model.optimizer), "loss": _losses.serialize(model._loss),
-            "loss_weights": None, "metrics": list(metrics) or None, "weighted_metrics": None, "run_eagerly": False,
-            "steps_per_execution": 1, "jit_compile": False}
+            "loss_weights": None, "metrics": list(metrics) or None, "weighted_metrics": list(weighted) or None,
+            "run_eagerly": False, "steps_per_execution": 1, "jit_compile": False}
 
 
 def save_model(model, filepath, overwrite=True):
@@ -349,11 +356,23 @@ def _plan(model, stored, source, skip_mismatch):
     seed, epochs = state.get("shuffle_seed"), state.get("shuffle_epochs", 0)
     if (seed is not None and (not isinstance(seed, int) or seed < 0)) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"{source}: its fastmlp shuffle state is invalid: {state!r}.")
-    return weights, optimizer, (seed, epochs)
+    # The dropout layers' mask seeds, kept only when the file's layers match the model's (a file from
+    # Keras, or of another model, has none: the model keeps its own).
+    dropout_seeds = state.get("dropout_seeds")
+    if not (isinstance(dropout_seeds, list) and len(dropout_seeds) == len(_dropouts(model))
+            and all(isinstance(v, int) and v >= 0 for v in dropout_seeds)):
+        dropout_seeds = None
+    return weights, optimizer, (seed, epochs), dropout_seeds
 
 
 def _assign(model, plan):
-    weights, optimizer, (seed, epochs) = plan
+    weights, optimizer, (seed, epochs), dropout_seeds = plan
+    dropouts = _dropouts(model)
+    if dropout_seeds is not None and dropout_seeds != [layer._mask_seed for layer in dropouts]:
+        for layer, value in zip(dropouts, dropout_seeds):
+            layer._mask_seed = value
+        if model._engine is not None:
+            model._rebuild_engine()
     model.set_weights(weights)
     if optimizer is not None:
         engine = _ready(model)
@@ -394,10 +413,12 @@ def _compile(model, compile_config, metadata):
             and lr.decay_rate == decay:
         optimizer.learning_rate, optimizer.decay = lr.initial_learning_rate, decay
     metrics = compile_config.get("metrics") or []
-    if not isinstance(metrics, list):
-        raise ValueError(f"compile_config metrics must be a list; received {metrics!r}.")
+    weighted = compile_config.get("weighted_metrics") or []
+    if not isinstance(metrics, list) or not isinstance(weighted, list):
+        raise ValueError(f"compile_config metrics and weighted_metrics must be lists; received {metrics!r} and "
+                         f"{weighted!r}.")
     model.compile(optimizer=optimizer, loss=_losses.deserialize(compile_config["loss"]),
-                  metrics=[_metric_name(m) for m in metrics])
+                  metrics=[_metric_name(m) for m in metrics], weighted_metrics=[_metric_name(m) for m in weighted])
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):

@@ -1,6 +1,6 @@
-"""Layers: ``Dense``, ``Activation``, ``Flatten``, ``Input`` / ``InputLayer``."""
+"""Layers: ``Dense``, ``Activation``, ``Dropout``, ``Flatten``, ``Input`` / ``InputLayer``."""
 
 from . import core
-from .core import Activation, Dense, Flatten, Input, InputLayer, Layer
+from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Layer
 
-__all__ = ["core", "Activation", "Dense", "Flatten", "Input", "InputLayer", "Layer"]
+__all__ = ["core", "Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer"]

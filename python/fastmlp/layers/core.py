@@ -1,8 +1,11 @@
-"""Core layers: ``Dense`` and ``InputLayer`` (importable as ``fastmlp.layers.core.Dense``)."""
+"""Core layers: ``Dense``, ``Dropout``, ``Activation``, ``Flatten`` and ``InputLayer`` (importable as
+``fastmlp.layers.core.Dense``)."""
+
+import numbers
 
 import numpy as np
 
-from .. import _keras_config, activations, backend, initializers, regularizers
+from .. import _keras_config, activations, backend, initializers, regularizers, utils
 
 _NAME_COUNTS = {}
 
@@ -148,6 +151,41 @@ class Activation(Layer):
 
     def get_config(self):
         return dict(super().get_config(), activation=self.activation)
+
+
+class Dropout(Layer):
+    """Inverted dropout: ``Dropout(rate, noise_shape=None, seed=None)``.
+
+    In training (``fit``) each input unit is set to 0 with probability `rate` and the others are
+    scaled by ``1 / (1 - rate)``; in ``predict`` and ``evaluate`` it passes its input through.
+    fastmlp draws the masks natively from a counter-based generator keyed by (seed, training step,
+    sample position in the batch, unit) (csrc/dropout.hpp), so they do not depend on the thread
+    count and the NumPy reference draws the same ones. With ``seed=None`` the seed comes from
+    ``fastmlp.utils.set_random_seed``'s generator when the layer is created. It may follow the
+    input (dropout on the features) or any hidden layer, not the output layer.
+    """
+
+    _name_prefix = "dropout"
+
+    def __init__(self, rate, noise_shape=None, seed=None, name=None):
+        super().__init__(name)
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+            raise ValueError("Invalid value received for argument `rate`. Expected a float value between 0 and 1 "
+                             f"(1 excluded: nothing would be kept). Received: rate={rate!r}")
+        if noise_shape is not None:
+            raise ValueError(f"Dropout's noise_shape is not supported by fastmlp (each unit is dropped "
+                             f"independently). Received: noise_shape={noise_shape!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"Expected `seed` to be None or a non-negative integer. Received: seed={seed!r}")
+        self.rate = float(rate)
+        self.seed = None if seed is None else int(seed)
+        self._mask_seed = self.seed if seed is not None else utils.next_seed()
+        self.built = True
+
+    _config_keys = ("name", "rate", "noise_shape", "seed")
+
+    def get_config(self):
+        return dict(super().get_config(), rate=self.rate, seed=self.seed, noise_shape=None)
 
 
 def Input(shape=None, batch_size=None, name=None):

@@ -13,11 +13,14 @@ from . import kernels as K
 class ReferenceEngine:
     def __init__(self, layers, loss, metrics, optimizer, dtype=np.float32):
         self.dtype = np.dtype(dtype)
-        # (in, out, activation, use_bias) and the L1/L2 coefficients (kernel l1, l2, bias l1, l2).
+        # (in, out, activation, use_bias), the L1/L2 coefficients (kernel l1, l2, bias l1, l2) and the
+        # dropout on the layer's input (rate, seed), as the native engine's 4-, 8- or 10-field specs.
         self.layers = [tuple(s[:4]) for s in layers]
-        self.penalty_coefficients = [tuple(s[4:8]) if len(s) == 8 else (0.0, 0.0, 0.0, 0.0) for s in layers]
+        self.penalty_coefficients = [tuple(s[4:8]) if len(s) >= 8 else (0.0, 0.0, 0.0, 0.0) for s in layers]
+        self.dropout = [(float(s[8]), int(s[9])) if len(s) == 10 else (0.0, 0) for s in layers]
         self.loss = loss
         self.metrics = list(metrics)
+        self.weighted_metrics = [False] * len(self.metrics)
         self.optimizer = {"kind": "sgd", "learning_rate": 0.01, "initial_accumulator": 0.1, **optimizer}
         self.iterations = 0
         self.huber_delta, self.label_smoothing = 1.0, 0.0
@@ -56,6 +59,18 @@ class ReferenceEngine:
     def set_option(self, name, value):
         self.optimizer[name] = value
 
+    def set_weighted_metrics(self, flags):
+        """Which metrics the sample weights weight (Keras's weighted_metrics), one flag each."""
+        if len(flags) != len(self.metrics):
+            raise ValueError(f"set_weighted_metrics needs one flag per metric ({len(self.metrics)}); "
+                             f"received {len(flags)}.")
+        self.weighted_metrics = [bool(f) for f in flags]
+
+    def _metric_sums(self, p, y, w):
+        """Each metric summed over the rows, the weighted ones times the sample weights w (or None)."""
+        return [K.weighted_sum(K.accuracy_per_sample(p, y, name), w if weighted else None)
+                for name, weighted in zip(self.metrics, self.weighted_metrics)]
+
     def weight_views(self, arena="params"):
         buf = {"params": self.params, "grads": self.grads, "velocity": self.velocity, "second": self.second}[arena]
         if not len(buf):
@@ -67,38 +82,54 @@ class ReferenceEngine:
                 views.append(buf[b_off : b_off + n_out])
         return views
 
-    def _forward(self, x):
-        acts = []
+    def _forward(self, x, training=False):
+        """Each layer's output; in training also what the backward needs, per layer: its input as the
+        layer saw it (dropped when it has dropout), the dropout mask or None, and its pre-activation."""
+        acts, inputs, masks, zs = [], [], [], []
         views = self.weight_views("params")
         i = 0
-        for _n_in, _n_out, act, use_bias in self.layers:
+        for (_n_in, _n_out, act, use_bias), (rate, seed) in zip(self.layers, self.dropout):
             w = views[i]
             b = views[i + 1] if use_bias else None
             i += 2 if use_bias else 1
-            x = K.dense_forward(x, w, b, act)
+            mask = None
+            if training and rate > 0:
+                mask = K.dropout_mask(x.shape[0], x.shape[1], rate, seed, self.iterations)
+                x = K.dropout_forward(x, mask, rate)
+            inputs.append(x)
+            masks.append(mask)
+            z = K.dense_forward(x, w, b, "linear")
+            zs.append(z)
+            x = K.act_forward(z, act)
             acts.append(x)
-        return acts
+        return (acts, inputs, masks, zs) if training else acts
 
-    def _forward_backward(self, x, y, metric_sums=None):
-        acts = self._forward(x)
+    def _forward_backward(self, x, y, w=None, metric_sums=None):
+        acts, inputs, masks, zs = self._forward(x, training=True)
         p = acts[-1]
-        total, d = K.output_loss(p, self._loss_targets(y), self.loss, self.layers[-1][2], self.huber_delta)
+        out_act = self.layers[-1][2]
+        last_z = out_act in K.NEEDS_PREACTIVATION
+        total, d = K.output_loss(p, self._loss_targets(y), self.loss, "linear" if last_z else out_act,
+                                 self.huber_delta, w)
+        if last_z:
+            d = K.act_backward_z(zs[-1], d, out_act)
         if metric_sums is not None:
-            for m, name in enumerate(self.metrics):
-                metric_sums[m] += float(K.accuracy_per_sample(p, y, name).sum())
+            metric_sums[:] = [a + b for a, b in zip(metric_sums, self._metric_sums(p, y, w))]
         params = self.weight_views("params")
         grads = self.weight_views("grads")
         i = len(params)
         for l in range(len(self.layers) - 1, -1, -1):
             _n_in, _n_out, act, use_bias = self.layers[l]
             i -= 2 if use_bias else 1
-            inp = x if l == 0 else acts[l - 1]
-            dx, dw, db, _dz = K.dense_backward(
-                inp, params[i], acts[l], d, "linear" if l == len(self.layers) - 1 else act, use_bias, l > 0
-            )
+            act = "linear" if l == len(self.layers) - 1 else act
+            if act in K.NEEDS_PREACTIVATION:
+                d, act = K.act_backward_z(zs[l], d, act), "linear"
+            dx, dw, db, _dz = K.dense_backward(inputs[l], params[i], acts[l], d, act, use_bias, l > 0)
             grads[i][...] = dw
             if use_bias:
                 grads[i + 1][...] = db
+            if dx is not None and masks[l] is not None:
+                dx = K.dropout_backward(dx, masks[l], self.dropout[l][0])
             d = dx
         return total
 
@@ -128,6 +159,7 @@ class ReferenceEngine:
                 "loss": 0.0,
                 "metrics": [0.0] * len(self.metrics),
                 "samples": 0,
+                "weight_sum": 0.0,
                 "steps_done": 0,
                 "steps_total": -(-n // batch_size),
                 "stop": "",
@@ -136,9 +168,10 @@ class ReferenceEngine:
             },
         }
 
-    def train_steps(self, x, y, max_steps=0):
+    def train_steps(self, x, y, max_steps=0, sample_weight=None):
         x = np.ascontiguousarray(x, self.dtype)
         y = np.ascontiguousarray(y, self.dtype)
+        sw = None if sample_weight is None else np.ascontiguousarray(sample_weight, self.dtype)
         ep = self._epoch
         s = ep["sums"]
         bs = ep["batch_size"]
@@ -147,8 +180,9 @@ class ReferenceEngine:
         for step in range(s["steps_done"], end):
             idx = ep["order"][step * bs : (step + 1) * bs]
             step_metrics = [0.0] * len(self.metrics)
+            w = None if sw is None else sw[idx]
             with np.errstate(all="ignore"):
-                loss = self._forward_backward(x[idx], y[idx], step_metrics) + len(idx) * self._penalties(True)
+                loss = self._forward_backward(x[idx], y[idx], w, step_metrics) + len(idx) * self._penalties(True)
             if not np.isfinite(loss):
                 s["stop"] = "nonfinite_loss"
                 s["bad_layer"], s["bad_part"] = self._first_nonfinite(self.weight_views("grads"))
@@ -160,6 +194,7 @@ class ReferenceEngine:
             s["loss"] += loss
             s["metrics"] = [a + b for a, b in zip(s["metrics"], step_metrics)]
             s["samples"] += len(idx)
+            s["weight_sum"] += len(idx) if w is None else float(w.astype(np.float64).sum())
             s["steps_done"] = step + 1
             if not np.all(np.isfinite(self.params)):
                 s["stop"] = "nonfinite_weights"
@@ -183,21 +218,24 @@ class ReferenceEngine:
             [self._forward(x[i : i + batch_size])[-1] for i in range(0, len(x), batch_size)]
         ) if len(x) else np.zeros((0, self.layers[-1][1]), self.dtype)
 
-    def evaluate(self, x, y, batch_size=32):
+    def evaluate(self, x, y, batch_size=32, sample_weight=None):
         x = np.ascontiguousarray(x, self.dtype)
         y = np.ascontiguousarray(y, self.dtype)
+        sw = None if sample_weight is None else np.ascontiguousarray(sample_weight, self.dtype)
         loss, metrics = 0.0, [0.0] * len(self.metrics)
         for i in range(0, len(x), batch_size):
             p = self._forward(x[i : i + batch_size])[-1]
             yb = y[i : i + batch_size]
-            loss += float(K.loss_per_sample(p, self._loss_targets(yb), self.loss, self.huber_delta)
-                          .astype(np.float64).sum())
-            for m, name in enumerate(self.metrics):
-                metrics[m] += float(K.accuracy_per_sample(p, yb, name).sum())
+            w = None if sw is None else sw[i : i + batch_size]
+            loss += K.weighted_sum(K.loss_per_sample(p, self._loss_targets(yb), self.loss, self.huber_delta), w)
+            metrics = [a + b for a, b in zip(metrics, self._metric_sums(p, yb, w))]
         loss += len(x) * self._penalties(False)
         steps = -(-len(x) // batch_size)
-        return {"loss": loss, "metrics": metrics, "samples": len(x), "steps_done": steps, "steps_total": steps}
+        weight_sum = float(len(x)) if sw is None else float(sw.astype(np.float64).sum())
+        return {"loss": loss, "metrics": metrics, "samples": len(x), "weight_sum": weight_sum, "steps_done": steps,
+                "steps_total": steps}
 
-    def compute_gradients(self, x, y):
-        return self._forward_backward(np.asarray(x, self.dtype), np.asarray(y, self.dtype)) + len(x) * self._penalties(
+    def compute_gradients(self, x, y, sample_weight=None):
+        w = None if sample_weight is None else np.asarray(sample_weight, self.dtype)
+        return self._forward_backward(np.asarray(x, self.dtype), np.asarray(y, self.dtype), w) + len(x) * self._penalties(
             True)

@@ -7,11 +7,23 @@ zero gradient where that clip is active, and the analytic logit gradient for sof
 they are given (float32 for training, float64 for gradient checks).
 """
 
+import math
+
 import numpy as np
 
 EPSILON = 1e-7
 SELU_SCALE = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
+SQRT_HALF = 0.70710678118654752440084436210485  # 1 / sqrt(2)
+INV_SQRT_2PI = 0.39894228040143267793994605993438  # 1 / sqrt(2 pi)
+# Activations whose derivative needs the pre-activation z (csrc/common.hpp needs_preactivation).
+NEEDS_PREACTIVATION = ("gelu", "silu")
+
+_erf_object = np.frompyfunc(math.erf, 1, 1)  # NumPy has no erf: the C library's, element by element
+
+
+def _erf(x):
+    return _erf_object(x).astype(x.dtype)
 
 
 def as_float(x):
@@ -19,7 +31,8 @@ def as_float(x):
     return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
 
 
-# ---- activations: forward and backward (backward from the output a = act(z)) ----
+# ---- activations: forward and backward (backward from the output a = act(z), or from z for gelu
+# and silu) ----
 
 
 def act_forward(z, act):
@@ -50,11 +63,30 @@ def act_forward(z, act):
         return z / (one + np.abs(z))
     if act == "exponential":
         return np.exp(z)
+    half = z.dtype.type(0.5)
+    if act == "gelu":  # Keras 3's exact gelu (approximate=False)
+        return z * half * (one + _erf(z * z.dtype.type(SQRT_HALF)))
+    if act == "silu":
+        return z * (one / (one + np.exp(-z)))
     raise ValueError(f"Unknown activation {act!r}")
 
 
+def act_backward_z(z, da, act):
+    """dL/dz from dL/da and the pre-activation z (any elementwise activation; gelu and silu need it)."""
+    one, half = z.dtype.type(1), z.dtype.type(0.5)
+    if act == "gelu":
+        cdf = half * (one + _erf(z * z.dtype.type(SQRT_HALF)))
+        return da * (cdf + z * (z.dtype.type(INV_SQRT_2PI) * np.exp(-half * (z * z))))
+    if act == "silu":
+        s = one / (one + np.exp(-z))
+        return da * (s * (one + z * (one - s)))
+    return act_backward(act_forward(z, act), da, act)
+
+
 def act_backward(a, da, act):
-    """dL/dz from dL/da, where a = act(z)."""
+    """dL/dz from dL/da, where a = act(z) (not for gelu and silu: act_backward_z)."""
+    if act in NEEDS_PREACTIVATION:
+        raise ValueError(f"The {act} derivative needs the pre-activation: use act_backward_z.")
     if act == "linear":
         return da
     if act == "relu":
@@ -188,11 +220,18 @@ def smooth_labels(y, loss, label_smoothing, classes):
     return y * (y.dtype.type(1) - s) + s * y.dtype.type(k)
 
 
-def output_loss(p, y, loss, act, delta=1.0):
-    """(sum of per-sample losses, dL/dz of the output layer): the fused paths' analytic gradients
-    where they apply, else dL/dp through the activation's backward."""
+def weighted_sum(values, w):
+    """sum_i w_i values_i in float64 (w None: the plain sum)."""
+    values = np.asarray(values).astype(np.float64)
+    return float(values.sum() if w is None else (values * np.asarray(w).astype(np.float64)).sum())
+
+
+def output_loss(p, y, loss, act, delta=1.0, w=None):
+    """(sum of per-sample losses times their sample weights w (None: 1), dL/dz of the output layer for
+    the batch loss sum_i w_i loss_i / B): the fused paths' analytic gradients where they apply, else
+    dL/dp through the activation's backward; row i of dL/dz times w_i last."""
     bsz, c = p.shape
-    total = float(loss_per_sample(p, y, loss, delta).astype(np.float64).sum())
+    total = weighted_sum(loss_per_sample(p, y, loss, delta), w)
     if act == "softmax" and loss == "sparse_categorical_crossentropy":
         dz = (p - _sparse_onehot(y, c, p.dtype)) / bsz
     elif act == "softmax" and loss == "categorical_crossentropy":
@@ -201,6 +240,8 @@ def output_loss(p, y, loss, act, delta=1.0):
         dz = (p - y) / c / bsz
     else:
         dz = act_backward(p, loss_grad(p, y, loss, delta), act)
+    if w is not None:
+        dz = dz * w.astype(p.dtype).reshape(-1, 1)
     return total, dz.astype(p.dtype)
 
 
@@ -364,3 +405,26 @@ def permutation(n, seed, epoch):
     for i, j in zip(range(n - 1, 0, -1), js):
         perm[i], perm[j] = perm[j], perm[i]
     return np.array(perm, dtype=np.int64)
+
+
+# ---- dropout: the same counter-based masks as csrc/dropout.hpp ----
+
+
+def dropout_mask(rows, cols, rate, seed, iteration):
+    """The (rows, cols) dropout mask (True: kept) of update number `iteration`: element (r, j) is kept
+    iff mix64(stream + golden * (r * cols + j + 1)) >> 32 >= floor(rate * 2^32), with
+    stream = mix64(mix64(seed) + golden * (iteration + 1))."""
+    with np.errstate(over="ignore"):
+        stream = _mix64(_mix64(np.array([seed], dtype=np.uint64)) + _GOLDEN * np.uint64(iteration + 1))
+        keys = np.arange(1, rows * cols + 1, dtype=np.uint64)
+        u = _mix64(stream + _GOLDEN * keys) >> np.uint64(32)
+    return (u >= np.uint64(int(rate * 4294967296.0))).reshape(rows, cols)
+
+
+def dropout_forward(x, mask, rate):
+    """Inverted dropout: x / (1 - rate) where kept, else 0."""
+    return np.where(mask, x / x.dtype.type(1.0 - rate), x.dtype.type(0))
+
+
+def dropout_backward(d, mask, rate):
+    return np.where(mask, d / d.dtype.type(1.0 - rate), d.dtype.type(0))
