@@ -90,6 +90,14 @@ def _launched_size():
     return None
 
 
+def shard(n, rank, size):
+    """The rows ``[lo, hi)`` of a batch of ``n`` that rank ``rank`` of ``size`` computes:
+    contiguous, near-equal parts in rank order, the first ``n % size`` ranks taking one row more."""
+    base, extra = divmod(n, size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
+
+
 class DataParallel:
     """Synchronous data parallelism across the processes of an MPI communicator.
 
@@ -139,11 +147,8 @@ class DataParallel:
         return f"DataParallel(rank={self.rank}, size={self.size}, reduction={self.reduction!r})"
 
     def shard(self, n):
-        """This rank's rows ``[lo, hi)`` of a batch of ``n``: contiguous, near-equal parts in rank
-        order, the first ``n % size`` ranks taking one row more."""
-        base, extra = divmod(n, self.size)
-        lo = self.rank * base + min(self.rank, extra)
-        return lo, lo + base + (self.rank < extra)
+        """This rank's rows ``[lo, hi)`` of a batch of ``n`` (see ``shard``)."""
+        return shard(n, self.rank, self.size)
 
     def _sum_in_rank_order(self, per_rank):
         total = per_rank[0].copy()
