@@ -123,9 +123,10 @@ def test_one_rank_gives_the_bits_of_a_plain_fit(tmp_path):
 def test_fixed_rank_count_is_bitwise_reproducible(tmp_path):
     first = trained(2, tmp_path, optimizer="adam")
     again = trained(2, tmp_path, optimizer="adam")
-    # With 2 ranks MPI_Allreduce computes g0 + g1 == g1 + g0: the same bits as the ordered sum.
-    allreduce = trained(2, tmp_path, optimizer="adam", reduction="allreduce")
-    for other in (again, allreduce):
+    # 2 ranks take MPI_Allreduce, whose g0 + g1 == g1 + g0 are the bits of the rank-order sum
+    # that 3 ranks or more gather.
+    gathered = trained(2, tmp_path, optimizer="adam", transport="allgather")
+    for other in (again, gathered):
         np.testing.assert_array_equal(other[0]["weights"], first[0]["weights"])
         assert other[0]["history"] == first[0]["history"]
 

@@ -21,11 +21,12 @@ whole array). A distributed fit then
 
 Reduction order. ``MPI_Allreduce`` leaves its summation order to the implementation, which may
 pick it by message size and process placement. ``reduction='ordered'`` (the default) sums the
-ranks' gradients elementwise in rank order, ``((g0 + g1) + g2) + ...``: each rank gathers the
-others' gradients (``Allgather``; from 3 ranks and 256 KiB of gradients on, an ``Alltoall`` of
-arena chunks, each rank summing its chunk, then an ``Allgather`` of the sums: the same order, and
-the traffic of a ring allreduce). A fixed number of ranks therefore gives the same bits on every
-run and every machine layout. Different rank counts differ only by the reassociation of these
+ranks' gradients elementwise in rank order, ``((g0 + g1) + g2) + ...``: from 3 ranks on, each
+rank gathers the others' gradients (``Allgather``; from 256 KiB gathered per rank on, an
+``Alltoall`` of arena chunks, each rank summing its chunk, then an ``Allgather`` of the sums: the
+same order, and the traffic of a ring allreduce); with 1 or 2 ranks the sum is a single addition
+per element, which ``MPI_Allreduce`` computes with the same bits in any order. A fixed number of
+ranks therefore gives the same bits on every run and every machine layout. Different rank counts differ only by the reassociation of these
 sums (float32 rounding); one rank gives the bits of a plain ``fit``. ``reduction='allreduce'``
 uses one ``MPI_Allreduce`` (vendor-tuned at scale; bitwise reproducible with 2 ranks, since
 ``a + b == b + a``, and beyond only when the MPI library's algorithm is).
@@ -159,19 +160,22 @@ class DataParallel:
 
 class _Reducer:
     """Sums the ranks' gradient arenas in place and gathers each rank's small float64 vector of
-    per-step values (loss, metric sums, status) in one exchange (two for the chunked transport,
-    ``allreduce``: one for the gradients and one for the values)."""
+    per-step values (loss, metric sums, status): one Allgather of both, an Alltoall and an
+    Allgather (chunked), or an Allreduce of the gradients and an Allgather of the values."""
 
     def __init__(self, strategy, grads, n_values):
         comm, size = strategy.comm, strategy.size
         self.comm, self.grads, self.size = comm, grads, size
         self.mpi = strategy._mpi
         P, isz = grads.size, grads.itemsize
-        if strategy.reduction == "allreduce":
+        if strategy._transport:
+            self.mode = strategy._transport
+        elif strategy.reduction == "allreduce" or size <= 2:
+            # Two ranks' sum is one addition per element, g0 + g1 == g1 + g0, whatever the
+            # algorithm: MPI_Allreduce then gives the rank-order bits, and is the fastest exchange.
             self.mode = "allreduce"
         else:
-            self.mode = strategy._transport or (
-                "allgather" if size <= 2 or P * isz * size <= _ALLGATHER_BYTES else "chunked")
+            self.mode = "allgather" if P * isz * size <= _ALLGATHER_BYTES else "chunked"
         vbytes = 8 * n_values
         if self.mode == "allreduce":
             self.send_v = np.zeros(n_values)
