@@ -234,6 +234,16 @@ def test_missing_mpi_library_is_a_clear_error(tmp_path):
     assert "mpi4py is installed but could not load an MPI library" in out.stdout, out.stdout + out.stderr
 
 
+@needs_mpi
+def test_processes_that_do_not_share_the_launchers_mpi_are_refused():
+    # What a rank sees when an Open MPI mpiexec starts it but mpi4py loads MPICH: a world of one.
+    script = ("from fastmlp.distributed import DataParallel\n"
+              "try:\n    DataParallel()\nexcept RuntimeError as e:\n    print(e)\n")
+    env = dict(os.environ, OMPI_COMM_WORLD_SIZE="2")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert "The launcher started 2 processes but MPI.COMM_WORLD has 1" in out.stdout, out.stdout + out.stderr
+
+
 def test_bad_arguments():
     model = mpi_worker.build({})
     x, y = mpi_worker.data()

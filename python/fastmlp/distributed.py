@@ -26,16 +26,18 @@ rank gathers the others' gradients (``Allgather``; from 256 KiB gathered per ran
 ``Alltoall`` of arena chunks, each rank summing its chunk, then an ``Allgather`` of the sums: the
 same order, and the traffic of a ring allreduce); with 1 or 2 ranks the sum is a single addition
 per element, which ``MPI_Allreduce`` computes with the same bits in any order. A fixed number of
-ranks therefore gives the same bits on every run and every machine layout. Different rank counts differ only by the reassociation of these
-sums (float32 rounding); one rank gives the bits of a plain ``fit``. ``reduction='allreduce'``
-uses one ``MPI_Allreduce`` (vendor-tuned at scale; bitwise reproducible with 2 ranks, since
-``a + b == b + a``, and beyond only when the MPI library's algorithm is).
+ranks therefore gives the same bits on every run and every machine layout. Different rank counts
+differ only by the reassociation of these sums (float32 rounding); one rank gives the bits of a
+plain ``fit``. ``reduction='allreduce'`` uses ``MPI_Allreduce`` at every size (vendor-tuned at
+scale; from 3 ranks on, bitwise reproducible only when the MPI library's algorithm is).
 
 Only rank 0 prints progress. Callbacks run on every rank and see the same logs (the loss and
 metrics are summed over the ranks), so stopping decisions agree; a callback that writes files
 should run on rank 0 only: give its class ``rank_zero_only = True``, or test
-``self.model.distribute_strategy.rank`` (``None`` outside a distributed fit). If any rank sets
-``model.stop_training``, every rank stops after that epoch.
+``self.model.distribute_strategy`` (this ``DataParallel``, with its ``rank``; ``None`` outside a
+distributed fit). If any rank sets ``model.stop_training``, every rank stops after that epoch.
+Validation data is evaluated in contiguous parts, one per rank, and the sums are added in rank
+order.
 
 Failures after the start: an error while computing a step's gradient travels with that step's
 collective and every rank raises; any other error on one rank (a callback raising on that rank
@@ -151,11 +153,13 @@ class DataParallel:
         """This rank's rows ``[lo, hi)`` of a batch of ``n`` (see ``shard``)."""
         return shard(n, self.rank, self.size)
 
-    def _sum_in_rank_order(self, per_rank):
-        total = per_rank[0].copy()
-        for r in range(1, len(per_rank)):
-            total += per_rank[r]
-        return total
+
+def _rank_order_sum(per_rank):
+    """per_rank[0] + per_rank[1] + ..., added in rank order."""
+    total = np.array(per_rank[0], dtype=np.float64)
+    for row in per_rank[1:]:
+        total += row
+    return total
 
 
 class _Reducer:
@@ -439,7 +443,7 @@ def _train(model, strategy, state, failure):
                     raise local_error
                 raise RuntimeError(f"Distributed fit: rank {failed[0]} of {strategy.size} failed in epoch {epoch + 1}, "
                                    f"step {step + 1}; every rank stops (see rank {failed[0]}'s error).")
-            total = strategy._sum_in_rank_order(per_rank)
+            total = _rank_order_sum(per_rank)
             if not math.isfinite(total[0]):
                 sums["stop"] = "nonfinite_loss"
                 sums["bad_layer"], sums["bad_part"] = _first_nonfinite(model, engine)
@@ -455,7 +459,7 @@ def _train(model, strategy, state, failure):
             sums["samples"] += B
             sums["steps_done"] = step + 1
             if status["stop"]:
-                sums["stop"], sums["bad_layer"], sums["bad_part"] = status["stop"], status["bad_layer"], status["bad_part"]
+                sums.update({k: status[k] for k in ("stop", "bad_layer", "bad_part")})
                 break
             if progbar is not None and progbar.live and t3 - last_redraw >= _REDRAW_SECONDS:
                 last_redraw = t3
@@ -492,5 +496,5 @@ def _evaluate(strategy, engine, val, batch_size, n_metrics):
     if hi > lo:
         s = engine.evaluate(val[0][lo:hi], val[1][lo:hi], batch_size)
         mine[0], mine[1:-1], mine[-1] = s["loss"], s["metrics"], s["samples"]
-    total = strategy._sum_in_rank_order(strategy.comm.allgather(mine))
+    total = _rank_order_sum(strategy.comm.allgather(mine))
     return {"loss": float(total[0]), "metrics": [float(v) for v in total[1:-1]], "samples": int(total[-1])}
