@@ -354,7 +354,7 @@ class Sequential:
             )
         try:
             if distributed is not None and distributed is not False:
-                from . import distributed as _distributed  # mpi4py is optional: imported only here
+                from . import distributed as _distributed  # which imports the optional mpi4py only then
 
                 return _distributed.fit(self, distributed, x, y, batch_size, epochs, verbose, callbacks,
                                         validation_split, validation_data, shuffle, initial_epoch, on_nonfinite)
