@@ -40,7 +40,9 @@ Validation data is evaluated in contiguous parts, one per rank, and the sums are
 order.
 
 Failures after the start: an error while computing a step's gradient travels with that step's
-collective and every rank raises; any other error on one rank (a callback raising on that rank
+collective and every rank raises, with the failing rank's error in its message; errors that every
+rank raises are first written to stderr as one ``fastmlp: rank r of N: ...`` line per rank (the
+launcher may kill the other ranks as soon as one exits, losing their tracebacks); any other error on one rank (a callback raising on that rank
 only, Ctrl-C) calls ``MPI_Abort`` after printing it, so that no rank waits forever in a collective.
 """
 
@@ -310,28 +312,36 @@ def _prepare(model, x, y, batch_size, epochs, verbose, callbacks, validation_spl
             "on_nonfinite": on_nonfinite, "signature": signature}
 
 
+def _raise_on_every_rank(strategy, error):
+    """Raise `error`, which every rank raises at this same point, once each rank has written it to
+    stderr: the launcher may kill the other ranks as soon as one exits, before they print theirs."""
+    if strategy.size > 1:
+        sys.stderr.write(f"fastmlp: rank {strategy.rank} of {strategy.size}: {_describe(error)}\n")
+        sys.stderr.flush()
+        strategy.comm.Barrier()
+    raise error
+
+
 def _agree(strategy, error, signature):
     """Every rank's setup outcome and signature, compared on every rank: raises on all of them
     when one failed or when they differ."""
     infos = strategy.comm.allgather((None if error is None else _describe(error), signature))
     failed = [(r, msg) for r, (msg, _) in enumerate(infos) if msg is not None]
     if failed:
-        if error is not None:
-            raise error
         ranks = ", ".join(str(r) for r, _ in failed)
-        raise RuntimeError(
+        _raise_on_every_rank(strategy, error or RuntimeError(
             f"Distributed fit: rank {failed[0][0]} of {strategy.size} failed before training started, so no rank "
             f"trains (failed ranks: {ranks}). Rank {failed[0][0]}'s error: {failed[0][1]}"
-        )
+        ))
     reference = infos[0][1]
     for r, (_, theirs) in enumerate(infos[1:], 1):
         for key, value in reference.items():
             if theirs[key] != value:
-                raise ValueError(
+                _raise_on_every_rank(strategy, ValueError(
                     f"Distributed fit: the ranks disagree on the {key}: rank {r} has {theirs[key]!r} but rank 0 has "
                     f"{value!r}. Every rank must build the same model and call fit with the same data and arguments "
                     "(each rank reads only its part of every batch, by index into the whole arrays)."
-                )
+                ))
 
 
 def _first_nonfinite(model, engine):
@@ -439,10 +449,10 @@ def _train(model, strategy, state, failure):
             failed = [r for r in range(strategy.size) if per_rank[r, -1]]
             if failed:
                 failure["all_ranks"] = True
-                if local_error is not None:
-                    raise local_error
-                raise RuntimeError(f"Distributed fit: rank {failed[0]} of {strategy.size} failed in epoch {epoch + 1}, "
-                                   f"step {step + 1}; every rank stops (see rank {failed[0]}'s error).")
+                texts = comm.allgather(None if local_error is None else _describe(local_error))
+                _raise_on_every_rank(strategy, local_error or RuntimeError(
+                    f"Distributed fit: rank {failed[0]} of {strategy.size} failed in epoch {epoch + 1}, step "
+                    f"{step + 1}, so every rank stops. Rank {failed[0]}'s error: {texts[failed[0]]}"))
             total = _rank_order_sum(per_rank)
             if not math.isfinite(total[0]):
                 sums["stop"] = "nonfinite_loss"
@@ -469,7 +479,7 @@ def _train(model, strategy, state, failure):
             message = model._nonfinite_message(sums, epoch)
             if state["on_nonfinite"] == "raise":
                 failure["all_ranks"] = True
-                raise FloatingPointError(message)
+                _raise_on_every_rank(strategy, FloatingPointError(message))
             if strategy.is_root:
                 print(message)
             if sums["stop"] == "nonfinite_loss":
