@@ -302,7 +302,6 @@ def _prepare(model, x, y, batch_size, epochs, verbose, callbacks, validation_spl
         "x shape": x.shape,
         "y shape": y.shape,
         "validation data shapes": None if val is None else (val[0].shape, val[1].shape),
-        "callbacks run on every rank": len([cb for cb in cbs if not getattr(cb, "rank_zero_only", False)]),
         "x contents (CRC-32)": _checksum(x),
         "y contents (CRC-32)": _checksum(y),
         "validation data contents (CRC-32)": None if val is None else (_checksum(val[0]), _checksum(val[1])),
