@@ -4,8 +4,8 @@ and History to ``<out>/rank<r>.npz``. The test process imports ``build`` and ``d
 same model on one process without MPI.
 
 Settings: out (folder), backend ('cpu' or 'numpy'), optimizer ('sgd' or 'adam'), reduction,
-transport (None, 'allgather' or 'chunked'), fit (extra fit arguments), fail (None, 'shape',
-'model', 'step', 'callback').
+transport (None, 'allgather' or 'chunked'), fit (extra fit arguments), stop_on_rank0 (a callback on
+rank 0 only stops training after the first epoch), fail (None, 'shape', 'model', 'step', 'callback').
 """
 
 import json
@@ -68,6 +68,11 @@ def main():
                 if rank == 1:
                     raise RuntimeError("callback failed on rank 1")
         callbacks.append(FailOnRank1())
+    if settings.get("stop_on_rank0") and rank == 0:  # a callback only rank 0 has
+        class Stop(Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                self.model.stop_training = True
+        callbacks.append(Stop())
     if fail == "step" and rank == 1:
         engine = model._ready_engine(x)
         original = engine.shard_gradients

@@ -183,6 +183,13 @@ def test_nonfinite_loss_stops_every_rank_at_the_same_step(tmp_path):
     assert "MPI_Abort" not in output
 
 
+@needs_mpi
+def test_a_stop_on_one_rank_stops_every_rank(tmp_path):
+    results = trained(2, tmp_path, stop_on_rank0=True)
+    assert_same_on_every_rank(results)
+    assert len(results[1]["history"]["loss"]) == 1 and results[1]["iterations"] == 5
+
+
 # ---- failures: every rank exits, with a clear error, none hangs ----
 # Each rank writes its error on one line before any exits (the launcher may kill the others as soon
 # as one exits); the tracebacks that follow are not all guaranteed to make it.
