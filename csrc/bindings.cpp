@@ -294,7 +294,22 @@ void bind_engine(py::module_& m, const char* name) {
             py::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(e.mutex());
             return e.compute_gradients(x.data(), y.data(), n, wp);
-        }, py::arg("x"), py::arg("y"), py::arg("sample_weight") = py::none());
+        }, py::arg("x"), py::arg("y"), py::arg("sample_weight") = py::none())
+        .def("shard_gradients", [](E& e, const carray<T>& x, const carray<T>& y, index_t step, index_t lo, index_t hi,
+                                   bool with_penalties) {
+            const index_t n = rows_of(x, "x", e.layers()[0].in);
+            if (rows_of(y, "y", e.target_cols()) != n)
+                throw std::invalid_argument("x and y must have the same number of rows; received " +
+                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            return sums_to_dict(locked(e, [&] {
+                return e.shard_gradients(x.data(), y.data(), n, step, lo, hi, with_penalties);
+            }));
+        }, py::arg("x"), py::arg("y"), py::arg("step"), py::arg("lo"), py::arg("hi"), py::arg("with_penalties"),
+           "This rank's part of a training step (rows [lo, hi) of the step's batch): grads := its share of the "
+           "batch's mean gradient; returns its loss and metric sums. See csrc/engine_api.hpp.")
+        .def("apply_gradients", [](E& e) { return sums_to_dict(locked(e, [&] { return e.apply_gradients(); })); },
+             "Clip grads, apply the optimizer update and count the iteration; stop='nonfinite_weights' when a "
+             "new weight is not finite.");
 }
 
 // ---- kernels, for the tests ----

@@ -437,6 +437,67 @@ double Engine<T>::compute_gradients(const T* X, const T* Y, index_t n, const T* 
 }
 
 template <typename T>
+EpochSums Engine<T>::shard_gradients(const T* X, const T* Y, index_t n, index_t step, index_t lo, index_t hi,
+                                     bool with_penalties) {
+    FlushDenormals ftz;
+    // Called once per step: the checks build their messages only when they fail.
+    if (n <= 0 || n != epoch_n_)
+        throw std::invalid_argument("shard_gradients: the data has " + std::to_string(n) +
+                                    " rows but the epoch was begun with " + std::to_string(epoch_n_) + ".");
+    if (step < 0 || step >= sums_.steps_total)
+        throw std::invalid_argument("shard_gradients: step " + std::to_string(step) + " is outside the epoch's " +
+                                    std::to_string(sums_.steps_total) + " steps.");
+    const index_t start = step * batch_size_;
+    const index_t B = std::min(batch_size_, n - start);
+    if (lo < 0 || lo > hi || hi > B)
+        throw std::invalid_argument("shard_gradients: rows [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                    ") are not inside the step's batch of " + std::to_string(B) + ".");
+    EpochSums s;
+    s.metrics.assign(metrics_.size(), 0.0);
+    s.samples = hi - lo;
+    const std::uint32_t* idx = order_.data() + start + lo;
+    if (hi > lo) {
+        if (is_sparse(loss_) ||
+            std::find(metrics_.begin(), metrics_.end(), MetricKind::SparseCategoricalAccuracy) != metrics_.end())
+            for (index_t r = 0; r < hi - lo; ++r) {  // the shard's rows only: a step must not read all of Y
+                const index_t row = static_cast<index_t>(idx[r]);
+                const T label = Y[row * target_cols()];
+                const index_t C = layers_.back().out;
+                if (!(label >= T(0) && label < T(C) && label == std::floor(label)))
+                    throw std::invalid_argument("Sparse labels must be integers in [0, " + std::to_string(C) +
+                                                "); received " + std::to_string(label) + " at row " +
+                                                std::to_string(row) + ".");
+            }
+        ensure_batch(hi - lo);
+        s.loss = batch_gradients(X, Y, nullptr, idx, hi - lo, &s.metrics);
+        if (hi - lo != B) {  // the shard's mean gradient times B_shard / B: its share of the batch's mean
+            const double share = double(hi - lo) / double(B);
+            for (T& g : grads_) g = T(double(g) * share);
+        }
+    } else {
+        std::fill(grads_.begin(), grads_.end(), T(0));
+    }
+    if (with_penalties) s.loss += double(B) * penalties(true);
+    s.steps_done = step;
+    s.steps_total = sums_.steps_total;
+    return s;
+}
+
+template <typename T>
+EpochSums Engine<T>::apply_gradients() {
+    FlushDenormals ftz;
+    EpochSums s;
+    clip_gradients(opt_, grads_.data(), segments_);
+    const bool finite = update_weights();
+    ++iterations_;
+    if (!finite) {
+        s.stop = StopReason::NonFiniteWeights;
+        this->locate_nonfinite(params_, s);
+    }
+    return s;
+}
+
+template <typename T>
 std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec> layers, LossKind loss,
                                              std::vector<MetricKind> metrics, OptimizerConfig opt) {
     return std::make_unique<Engine<T>>(std::move(layers), loss, std::move(metrics), opt);

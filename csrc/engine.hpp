@@ -22,6 +22,9 @@ public:
     void predict(const T* X, index_t n, T* out, index_t batch_size) override;
     EpochSums evaluate(const T* X, const T* Y, index_t n, index_t batch_size, const T* W = nullptr) override;
     double compute_gradients(const T* X, const T* Y, index_t n, const T* W = nullptr) override;
+    EpochSums shard_gradients(const T* X, const T* Y, index_t n, index_t step, index_t lo, index_t hi,
+                              bool with_penalties) override;
+    EpochSums apply_gradients() override;
 
 private:
     using EngineBase<T>::layers_;

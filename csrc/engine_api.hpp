@@ -85,6 +85,20 @@ public:
     // loss sum (weight penalties included, times n, as in training).
     virtual double compute_gradients(const T* X, const T* Y, index_t n, const T* W = nullptr) = 0;
 
+    // Data parallelism (python/fastmlp/distributed.py): each step of the epoch begun with
+    // begin_epoch is split across ranks, and each rank runs the two halves of a training step with
+    // the sum of the ranks' gradients in between. shard_gradients: forward and backward on positions
+    // [lo, hi) of step `step`'s batch of B rows; grads() := (sum of those rows' gradients) / B, so
+    // that the ranks' grads() sum to the batch's mean gradient, plus the penalties' gradient when
+    // with_penalties (on one rank only); returns their loss sum (plus B times the penalties when
+    // with_penalties) and metric sums, samples = hi - lo. lo == hi is allowed: grads() := 0.
+    // With lo = 0, hi = B and penalties, grads() gets the same bits as in train_steps.
+    virtual EpochSums shard_gradients(const T* X, const T* Y, index_t n, index_t step, index_t lo, index_t hi,
+                                      bool with_penalties) = 0;
+    // The update with grads() as they are (the summed gradient): clipping, the optimizer step,
+    // ++iterations. stop = NonFiniteWeights (with the layer) when a new weight is not finite.
+    virtual EpochSums apply_gradients() = 0;
+
 protected:
     std::vector<LayerSpec> layers_;
     LossKind loss_;

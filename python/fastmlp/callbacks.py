@@ -43,6 +43,8 @@ class Callback:
     """Base class: override the hooks you need. ``self.model`` is the model being trained and
     ``self.params`` holds ``verbose``, ``epochs`` and ``steps`` (batches per epoch)."""
 
+    rank_zero_only = False  # True: a distributed fit runs it on rank 0 only
+
     def __init__(self):
         self.model = None
         self.params = {}
@@ -479,6 +481,8 @@ class ModelCheckpoint(MonitorCallback):
         initial_value_threshold: the value to beat for the first save with ``save_best_only``.
     """
 
+    rank_zero_only = True  # in a distributed fit (fastmlp.distributed), only rank 0 writes the file
+
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
                  mode="auto", save_freq="epoch", initial_value_threshold=None):
         super().__init__(monitor, mode, initial_value_threshold)
@@ -746,6 +750,8 @@ class CSVLogger(Callback):
         separator: the field separator.
         append: append to an existing file (its header is kept) instead of overwriting it.
     """
+
+    rank_zero_only = True  # in a distributed fit (fastmlp.distributed), only rank 0 writes the file
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()

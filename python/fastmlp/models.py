@@ -95,6 +95,7 @@ class Sequential:
         self.loss = None
         self.history = None
         self.stop_training = False
+        self.distribute_strategy = None  # a fastmlp.distributed.DataParallel during and after a distributed fit
         for layer in layers or []:
             self.add(layer)
 
@@ -428,7 +429,7 @@ class Sequential:
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
-            on_nonfinite="stop"):
+            on_nonfinite="stop", distributed=None):
         """Train for `epochs` epochs; returns a ``History`` (``.history``, ``.epoch``).
 
         The epoch loss (and each metric) is the batch-size-weighted mean of the per-batch values,
@@ -453,6 +454,10 @@ class Sequential:
         applied, so the weights stay finite. ``on_nonfinite='raise'`` raises ``FloatingPointError``
         instead. Ctrl-C stops within a few milliseconds, after the batch in progress, and raises
         ``KeyboardInterrupt``; ``model.history`` then holds the completed epochs.
+
+        ``distributed=True`` (or a ``fastmlp.distributed.DataParallel``) trains data-parallel over the
+        processes of an ``mpiexec`` launch, each computing the gradient of its part of every batch
+        (needs ``fastmlp[mpi]``; see ``fastmlp.distributed``).
         """
         if not self._fit_lock.acquire(blocking=False):
             raise RuntimeError(
@@ -460,6 +465,18 @@ class Sequential:
                 "evaluate calls from other threads are safe: they wait for the running batch)."
             )
         try:
+            if distributed is not None and distributed is not False:
+                if class_weight is not None or sample_weight is not None:
+                    raise ValueError("class_weight and sample_weight are not supported with distributed=... yet; "
+                                     "train without them or in one process.")
+                if self._dropouts:
+                    raise ValueError("Dropout layers are not supported with distributed=... yet (their masks are "
+                                     "drawn per batch row, and each rank sees a part of the batch); train in one "
+                                     "process or without Dropout.")
+                from . import distributed as _distributed  # which imports the optional mpi4py only then
+
+                return _distributed.fit(self, distributed, x, y, batch_size, epochs, verbose, callbacks,
+                                        validation_split, validation_data, shuffle, initial_epoch, on_nonfinite)
             return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
                              shuffle, class_weight, sample_weight, initial_epoch, on_nonfinite)
         finally:

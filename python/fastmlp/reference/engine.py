@@ -239,3 +239,47 @@ class ReferenceEngine:
         w = None if sample_weight is None else np.asarray(sample_weight, self.dtype)
         return self._forward_backward(np.asarray(x, self.dtype), np.asarray(y, self.dtype), w) + len(x) * self._penalties(
             True)
+
+    def shard_gradients(self, x, y, step, lo, hi, with_penalties):
+        """This rank's part of a training step: rows [lo, hi) of step `step`'s batch of B rows;
+        grads := (sum of their gradients) / B (plus the penalties' gradient when `with_penalties`).
+        Returns their loss and metric sums (see csrc/engine_api.hpp)."""
+        ep = self._epoch
+        bs = ep["batch_size"]
+        if len(x) != ep["n"]:
+            raise ValueError(f"shard_gradients: the data has {len(x)} rows but the epoch was begun with {ep['n']}.")
+        if not 0 <= step < ep["sums"]["steps_total"]:
+            raise ValueError(f"shard_gradients: step {step} is outside the epoch's {ep['sums']['steps_total']} steps.")
+        batch = ep["order"][step * bs : (step + 1) * bs]
+        if not 0 <= lo <= hi <= len(batch):
+            raise ValueError(f"shard_gradients: rows [{lo}, {hi}) are not inside the step's batch of {len(batch)}.")
+        idx = batch[lo:hi]
+        metric_sums = [0.0] * len(self.metrics)
+        loss = 0.0
+        if len(idx):
+            xb = np.ascontiguousarray(np.asarray(x)[idx], self.dtype)
+            yb = np.ascontiguousarray(np.asarray(y)[idx], self.dtype)
+            with np.errstate(all="ignore"):
+                loss = self._forward_backward(xb, yb, None, metric_sums)
+                if len(idx) != len(batch):
+                    self.grads[...] = (self.grads.astype(np.float64) * (len(idx) / len(batch))).astype(self.dtype)
+        else:
+            self.grads[...] = 0
+        if with_penalties:
+            with np.errstate(all="ignore"):
+                loss += len(batch) * self._penalties(True)
+        return {"loss": loss, "metrics": metric_sums, "samples": len(idx), "steps_done": step,
+                "steps_total": ep["sums"]["steps_total"], "stop": "", "bad_layer": -1, "bad_part": ""}
+
+    def apply_gradients(self):
+        """Clip grads, apply the optimizer update and count the iteration."""
+        with np.errstate(all="ignore"):
+            K.clip_gradients(self.optimizer, self.weight_views("grads"))
+            K.optimizer_step(self.optimizer, self.params, self.grads, self.velocity, self.second, self.iterations)
+        self.iterations += 1
+        out = {"loss": 0.0, "metrics": [], "samples": 0, "steps_done": 0, "steps_total": 0, "stop": "",
+               "bad_layer": -1, "bad_part": ""}
+        if not np.all(np.isfinite(self.params)):
+            out["stop"] = "nonfinite_weights"
+            out["bad_layer"], out["bad_part"] = self._first_nonfinite(self.weight_views("params"))
+        return out
