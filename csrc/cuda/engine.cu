@@ -830,8 +830,8 @@ private:
     // A graph of the step for B rows (GPU only: instantiated from run_step's GPU branch alone).
     cudaGraphExec_t capture_step(index_t B) {
         // Outside the capture: find every product's algorithm and load every kernel, then run the
-        // products once (they only overwrite buffers the step itself writes before reading them),
-        // so that the capture allocates and loads nothing.
+        // forward and backward passes once (they only write activations and gradients, which the
+        // step itself rewrites before reading them), so that the capture allocates and loads nothing.
         dev_.planning = true;
         try {
             enqueue_step(B);
@@ -840,36 +840,10 @@ private:
             throw;
         }
         dev_.planning = false;
-        warm_up_products(B);
+        forward(B, xb_.template as<T>());
+        backward(B, xb_.template as<T>());
         dev_.sync();
         return dev_.capture([&] { enqueue_step(B); });
-    }
-
-    void warm_up_products(index_t B) {
-        const T* x = xb_.template as<T>();
-        const std::size_t L = layers_.size();
-        for (std::size_t l = 0; l < L; ++l) {
-            const LayerSpec& s = layers_[l];
-            const T* in = l == 0 ? x : acts_[l - 1].template as<T>();
-            gemm_plain(GemmArgs<T>{false, false, s.out, B, s.in, params_.template as<T>() + w_off_[l], s.out, in, s.in,
-                                   acts_[l].template as<T>(), s.out, nullptr});
-        }
-        backward_products_only(B, x);
-    }
-
-    void backward_products_only(index_t B, const T* x) {
-        T* d = da_.template as<T>();
-        T* dn = db_.template as<T>();
-        for (std::size_t l = layers_.size(); l-- > 0;) {
-            const LayerSpec& s = layers_[l];
-            const T* in = l == 0 ? x : acts_[l - 1].template as<T>();
-            gemm_plain(GemmArgs<T>{false, true, s.out, s.in, B, d, s.out, in, s.in, grads_.template as<T>() + w_off_[l],
-                                   s.out, nullptr});
-            if (l == 0) break;
-            gemm_plain(GemmArgs<T>{true, false, s.in, B, s.out, params_.template as<T>() + w_off_[l], s.out, d, s.out,
-                                   dn, s.in, nullptr});
-            std::swap(d, dn);
-        }
     }
 
     void drop_graphs() {

@@ -19,12 +19,12 @@ import weakref
 
 import numpy as np
 
-from . import _core, backend as _backend, callbacks as _callbacks, losses as _losses, metrics as _metrics
+from . import _core, backend as _backend, callbacks as _callbacks, cuda as _cuda, losses as _losses, metrics as _metrics
 from . import optimizers as _optimizers, utils as _utils
 from .layers.core import Activation, Dense, Flatten, InputLayer, _auto_name
 from .reference import ReferenceEngine
 
-BACKENDS = ("cpu", "numpy")
+BACKENDS = ("cpu", "numpy", "cuda")
 
 # A live progress bar is redrawn about this often; the epoch runs natively in slices of this length.
 _REDRAW_SECONDS = 0.1
@@ -188,7 +188,8 @@ class Sequential:
             loss: ``'binary_crossentropy'``, ``'categorical_crossentropy'``,
                 ``'sparse_categorical_crossentropy'`` or ``'mse'`` (or a fastmlp.losses class).
             metrics: list of metric names, e.g. ``['accuracy']``.
-            backend: ``'cpu'`` (native C++ engine) or ``'numpy'`` (the NumPy reference).
+            backend: ``'cpu'`` (native C++ engine), ``'numpy'`` (the NumPy reference) or ``'cuda'`` (the
+                GPU, when fastmlp was built with it: ``fastmlp.cuda_available()``).
         """
         if not self._layers:
             raise ValueError("Cannot compile a model with no layers: add a Dense layer first.")
@@ -196,6 +197,8 @@ class Sequential:
             raise ValueError("compile() needs a `loss`, e.g. loss='categorical_crossentropy'.")
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}. Expected one of: {', '.join(BACKENDS)}.")
+        if backend == "cuda":
+            _cuda.require()
         loss_object = _losses.get(loss)
         loss_name = loss_object.name
         opt = _optimizers.get(optimizer)
@@ -236,6 +239,8 @@ class Sequential:
         if args["backend"] == "cpu":
             cls = _core.Engine64 if args["dtype"] == "float64" else _core.Engine32
             engine = cls(specs, self._loss._engine_name(), args["kinds"], cfg, _backend.get_isa())
+        elif args["backend"] == "cuda":
+            engine = _cuda.CudaEngine(specs, self._loss._engine_name(), args["kinds"], cfg, dtype=args["dtype"])
         else:
             engine = ReferenceEngine(specs, self._loss._engine_name(), args["kinds"], cfg, dtype=args["dtype"])
         engine.set_loss_options(**self._loss._engine_options())
