@@ -569,13 +569,17 @@ private:
         return arenas[i]->template as<T>();
     }
 
-    // Upload the mirrors a caller may have written into (host_arena).
+    // Upload the mirrors a caller may have written into (host_arena). Waits for the copies: the
+    // mirrors are pinned, so an unfinished copy would read what Python writes next.
     void flush() {
+        bool copied = false;
         for (int i = 0; i < 4; ++i)
             if (dirty_[i]) {
                 dev_.h2d(arena(i), mirrors_[i].template as<T>(), sizeof(T) * sizes_[i]);
                 dirty_[i] = false;
+                copied = true;
             }
+        if (copied) dev_.sync();
     }
 
     void ensure_batch(index_t B) {
