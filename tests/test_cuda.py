@@ -36,6 +36,12 @@ TARGETS = [
     pytest.param(False, id="gpu", marks=pytest.mark.skipif(not GPU, reason=f"no usable GPU: {REASON}")),
 ]
 
+# (target, training path): the fused one-block kernel, and the multi-kernel step, captured as a
+# CUDA Graph ('graphs') or launched kernel by kernel ('kernels', GPU only: the emulation runs
+# 'graphs' that way).
+PATHS = [pytest.param(t.values[0], path, id=f"{t.id}-{path}", marks=t.marks)
+         for t in TARGETS for path in ("fused", "graphs", "kernels") if not (t.values[0] and path == "kernels")]
+
 # Tolerances, float64: the emulation sums in the CPU engine's order (1e-12 covers the rest);
 # cuBLAS orders its sums differently (blocking, split-k): loosened to 1e-9 there.
 F64 = {True: {"forward": 1e-12, "grad": 1e-10}, False: {"forward": 1e-9, "grad": 1e-9}}
@@ -220,8 +226,7 @@ def _train_both(emulate, specs, loss, metrics, opt, x, y, params, path, epochs=3
     return cpu, dev, sums
 
 
-@pytest.mark.parametrize("emulate", TARGETS)
-@pytest.mark.parametrize("path", ["fused", "graphs"])
+@pytest.mark.parametrize("emulate, path", PATHS)
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_training_trajectories_match_the_cpu_engine(emulate, path, optimizer):
     """Three shuffled epochs of 10 batches (the last one partial), on the fused one-block kernel and
@@ -231,7 +236,7 @@ def test_training_trajectories_match_the_cpu_engine(emulate, path, optimizer):
     cpu, dev, sums = _train_both(emulate, specs, "categorical_crossentropy", ["categorical_accuracy"],
                                  OPTIMIZERS[optimizer], x, y, params, path)
     # The host emulation runs the multi-kernel step without capturing it.
-    assert dev.path == ("fused" if path == "fused" else "kernels" if emulate else "graphs")
+    assert dev.path == ("kernels" if emulate and path == "graphs" else path)
     tol = F64[emulate]
     for c, d in sums:
         assert (d["steps_done"], d["steps_total"], d["samples"], d["stop"]) == (10, 10, 95, "")
@@ -245,8 +250,7 @@ def test_training_trajectories_match_the_cpu_engine(emulate, path, optimizer):
                      rtol=1e-8 if not emulate else 1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("emulate", TARGETS)
-@pytest.mark.parametrize("path", ["fused", "graphs"])
+@pytest.mark.parametrize("emulate, path", PATHS)
 def test_float32_training_matches_the_cpu_engine(emulate, path):
     specs, x, y, params = _problem((2, 4, 4), "softmax", "binary_crossentropy", 200, np.float32,
                                    hidden=("relu", "relu"))
@@ -278,8 +282,7 @@ def test_evaluate_and_label_smoothing_match_the_cpu_engine(emulate, loss, metric
     assert d["metrics"] == pytest.approx(c["metrics"], rel=1e-9)
 
 
-@pytest.mark.parametrize("emulate", TARGETS)
-@pytest.mark.parametrize("path", ["fused", "graphs"])
+@pytest.mark.parametrize("emulate, path", PATHS)
 def test_a_non_finite_loss_stops_where_the_cpu_engine_stops(emulate, path):
     specs, x, y, params = _problem((3, 8, 6), "linear", "mean_squared_error", 200, np.float64)
     opt = {"kind": "sgd", "learning_rate": 1e3}
@@ -407,6 +410,18 @@ def test_unsupported_settings_are_refused_clearly(cuda_models):
     model = Sequential([Dense(2, activation="softmax", input_dim=2)])
     with pytest.raises(NotImplementedError, match="clipnorm"):
         model.compile(loss="categorical_crossentropy", optimizer=Adam(clipnorm=1.0), backend="cuda")
+
+
+def test_a_nan_loss_stops_training_as_on_the_cpu(cuda_models, capsys):
+    from test_hardening import test_a_nan_loss_stops_training_names_the_layer_and_keeps_finite_weights as check
+
+    check("cuda", capsys)
+
+
+def test_on_nonfinite_raise(cuda_models):
+    from test_hardening import test_on_nonfinite_raise as check
+
+    check("cuda")
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,8 @@ struct LtGemm::Impl {
     std::map<Epilogue, bool> supported;  // what the heuristic said, for report()
 
     ~Impl() {
+        int device = 0;
+        if (cudaGetDevice(&device) == cudaErrorCudartUnloading) return;  // process exit: the driver frees it all
         for (auto& kv : plans) {
             Plan& p = kv.second;
             if (p.a) cublasLtMatrixLayoutDestroy(p.a);
