@@ -206,6 +206,8 @@ OPTIMIZERS = {
     "adamw_cosine_clipvalue": {"kind": "adam", "learning_rate": 0.0, "schedule": "cosine", "initial": 0.01,
                                "decay_steps": 20.0, "alpha": 0.1, "weight_decay": 0.01, "clipvalue": 0.05},
     "rmsprop_momentum": {"kind": "rmsprop", "learning_rate": 0.01, "momentum": 0.5},
+    "rmsprop_inverse_time": {"kind": "rmsprop", "learning_rate": 0.0, "schedule": "inverse_time", "initial": 0.01,
+                             "decay_steps": 3.0, "decay_rate": 0.5},
     "adagrad_exponential": {"kind": "adagrad", "learning_rate": 0.0, "schedule": "exponential", "initial": 0.1,
                             "decay_steps": 5.0, "decay_rate": 0.5, "staircase": True, "initial_accumulator": 0.1},
     "sgd_piecewise": {"kind": "sgd", "learning_rate": 0.0, "schedule": "piecewise", "boundaries": [5.0, 10.0],
@@ -248,6 +250,30 @@ def test_training_trajectories_match_the_cpu_engine(emulate, path, optimizer):
         assert_close(_flat(dev.weight_views(arena)) if dev.weight_views(arena) else np.zeros(0),
                      _flat(cpu.weight_views(arena)) if cpu.weight_views(arena) else np.zeros(0),
                      rtol=1e-8 if not emulate else 1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("emulate, path", PATHS)
+def test_settings_changed_between_epochs_apply_as_on_the_cpu(emulate, path):
+    """set_option and iterations between epochs reach the next update (a captured step reads them
+    from the device)."""
+    specs, x, y, params = _problem((3, 8, 6), "softmax", "categorical_crossentropy", 60, np.float64)
+    opt = {"kind": "sgd", "learning_rate": 0.1, "momentum": 0.9, "decay": 0.01}
+    cpu, dev = _cpu(specs, "categorical_crossentropy", [], opt), _engine(emulate, specs, "categorical_crossentropy",
+                                                                         [], opt)
+    dev.set_path(path)
+    for engine in (cpu, dev):
+        engine.set_params(params)
+        engine.iterations = 100
+    changes = [("learning_rate", 0.05), ("momentum", 0.5), ("nesterov", True)]
+    for epoch, (name, value) in enumerate(changes):
+        for engine in (cpu, dev):
+            engine.begin_epoch(len(x), 16, True, 99, epoch)
+        c, d = cpu.train_steps(x, y, 0), dev.train_steps(x, y, 0)
+        assert_close(d["loss"], c["loss"], rtol=F64[emulate]["forward"], atol=0)
+        for engine in (cpu, dev):
+            engine.set_option(name, value)
+    assert dev.iterations == cpu.iterations == 112
+    assert_close(dev.params_copy(), cpu.params_copy(), rtol=1e-8 if not emulate else 1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("emulate, path", PATHS)
