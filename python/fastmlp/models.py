@@ -19,8 +19,8 @@ import weakref
 
 import numpy as np
 
-from . import _core, backend as _backend, callbacks as _callbacks, cuda as _cuda, losses as _losses, metrics as _metrics
-from . import optimizers as _optimizers, utils as _utils
+from . import _core, backend as _backend, callbacks as _callbacks, losses as _losses, metrics as _metrics
+from . import cuda as _cuda, optimizers as _optimizers, utils as _utils
 from .layers.core import Activation, Dense, Flatten, InputLayer, _auto_name
 from .reference import ReferenceEngine
 
