@@ -145,6 +145,23 @@ def test_a_build_without_cuda_is_reported_with_the_build_command(monkeypatch):
         cuda_backend.require()
 
 
+def test_a_missing_cublaslt_is_reported_with_the_wheel_to_install(monkeypatch):
+    class MissingLibrary:  # what the dynamic loader says when libcublasLt cannot be found
+        def find_spec(self, name, path=None, target=None):
+            if name == "fastmlp._cuda":
+                raise ImportError("libcublasLt.so.13: cannot open shared object file: No such file or directory")
+            return None
+
+    monkeypatch.setattr(cuda_backend, "_state", {})
+    monkeypatch.setattr(cuda_backend, "_preload", lambda soname: False)
+    monkeypatch.delattr(fastmlp, "_cuda", raising=False)
+    monkeypatch.delitem(sys.modules, "fastmlp._cuda", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [MissingLibrary()] + sys.meta_path)
+    assert "libcublasLt.so.13" in cuda_backend.cuda_unavailable_reason()
+    with pytest.raises(RuntimeError, match=r"pip install nvidia-cublas"):
+        cuda_backend.require()
+
+
 # ---- CUDA against the CPU engine ----
 
 @pytest.mark.parametrize("emulate", TARGETS)

@@ -17,6 +17,7 @@ import os
 import re
 import weakref
 
+_NOT_BUILT = "fastmlp was built without the CUDA backend"
 _BUILD_HINT = ("Reinstall fastmlp with it: pip install . -Ccmake.define.FASTMLP_CUDA=ON (needs the CUDA compiler "
                "nvcc and cuBLASLt: pip install nvidia-cublas).")
 _state = {}
@@ -51,12 +52,15 @@ def _load():
     except ImportError as exc:
         missing = re.search(r"(libcublas(?:Lt)?\.so\.\d+)", str(exc))
         if isinstance(exc, ModuleNotFoundError) and exc.name == f"{__package__}._cuda":
-            reason = "fastmlp was built without the CUDA backend"
+            reason = _NOT_BUILT
         elif missing and _preload(missing.group(1)):
             try:
                 from . import _cuda as module
             except ImportError as again:
                 reason = f"fastmlp._cuda could not be loaded: {again}"
+        elif missing:
+            reason = (f"fastmlp._cuda needs {missing.group(1)}, found neither beside it nor in an nvidia-cublas wheel "
+                      "of this Python environment (pip install nvidia-cublas)")
         else:
             reason = f"fastmlp._cuda could not be loaded: {exc}"
     if module is not None:
@@ -94,16 +98,18 @@ def require():
     module, _status, reason = _load()
     if reason is None:
         return
-    if module is None:
+    if reason == _NOT_BUILT:
         raise RuntimeError(f"backend='cuda' is not available: {reason}. {_BUILD_HINT}")
+    if module is None:
+        raise RuntimeError(f"backend='cuda' is not available: {reason}.")
     raise RuntimeError(f"backend='cuda' is not available: {reason}. It needs an NVIDIA GPU of compute capability 7.5 "
                        "or newer and its driver; use backend='cpu' on this machine.")
 
 
 def _native_module():
-    module, _status, reason = _load()
+    module = _load()[0]
     if module is None:
-        raise RuntimeError(f"backend='cuda' is not available: {reason}. {_BUILD_HINT}")
+        require()
     return module
 
 
