@@ -13,6 +13,7 @@ semantics as the CPU engine; not (yet) on 'cuda': weight regularizers, ``clipnor
 """
 
 import ctypes
+import importlib
 import os
 import re
 import weakref
@@ -47,15 +48,16 @@ def _load():
     if "module" in _state:
         return _state["module"], _state["status"], _state["reason"]
     module = status = reason = None
+    name = f"{__package__}._cuda"
     try:
-        from . import _cuda as module
+        module = importlib.import_module(name)
     except ImportError as exc:
         missing = re.search(r"(libcublas(?:Lt)?\.so\.\d+)", str(exc))
-        if isinstance(exc, ModuleNotFoundError) and exc.name == f"{__package__}._cuda":
+        if isinstance(exc, ModuleNotFoundError) and exc.name == name:
             reason = _NOT_BUILT
         elif missing and _preload(missing.group(1)):
             try:
-                from . import _cuda as module
+                module = importlib.import_module(name)
             except ImportError as again:
                 reason = f"fastmlp._cuda could not be loaded: {again}"
         elif missing:
