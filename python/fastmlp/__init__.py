@@ -5,9 +5,10 @@
     import fastmlp.optimizers
 """
 
-from . import _core, activations, backend, callbacks, initializers, layers, losses, metrics, models, optimizers
+from . import _core, activations, backend, callbacks, cuda, initializers, layers, losses, metrics, models, optimizers
 from . import plot, reference, regularizers, saving, utils
 from .backend import cpu_info, get_num_threads, set_num_threads
+from .cuda import cuda_available, cuda_info, cuda_unavailable_reason
 from .layers import Dense, Input
 from .models import Sequential
 
@@ -18,6 +19,7 @@ __all__ = [
     "activations",
     "backend",
     "callbacks",
+    "cuda",
     "initializers",
     "layers",
     "losses",
@@ -35,4 +37,7 @@ __all__ = [
     "cpu_info",
     "get_num_threads",
     "set_num_threads",
+    "cuda_available",
+    "cuda_info",
+    "cuda_unavailable_reason",
 ]

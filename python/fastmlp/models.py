@@ -23,14 +23,14 @@ import weakref
 import numpy as np
 
 from . import _core, backend as _backend, callbacks as _callbacks, losses as _losses, metrics as _metrics
-from . import _keras_config, optimizers as _optimizers, saving as _saving, utils as _utils
+from . import _keras_config, cuda as _cuda, optimizers as _optimizers, saving as _saving, utils as _utils
 from .layers.core import Activation, Dense, Dropout, Flatten, InputLayer, _auto_name
 from .reference import ReferenceEngine
 from .saving import load_model
 
 __all__ = ["Sequential", "load_model"]
 
-BACKENDS = ("cpu", "numpy")
+BACKENDS = ("cpu", "numpy", "cuda")
 
 # A live progress bar is redrawn about this often; the epoch runs natively in slices of this length.
 _REDRAW_SECONDS = 0.1
@@ -218,7 +218,8 @@ class Sequential:
             weighted_metrics: list of metric names weighted by the sample or class weights given to
                 ``fit``/``evaluate``: ``sum(w * m) / sum(w)``. Its history key is the name, or
                 ``'weighted_' + name`` when ``metrics`` has the same name (Keras 3's rule).
-            backend: ``'cpu'`` (native C++ engine) or ``'numpy'`` (the NumPy reference).
+            backend: ``'cpu'`` (native C++ engine), ``'numpy'`` (the NumPy reference) or ``'cuda'`` (the
+                GPU, when fastmlp was built with it: ``fastmlp.cuda_available()``).
         """
         if not self._layers:
             raise ValueError("Cannot compile a model with no layers: add a Dense layer first.")
@@ -226,6 +227,8 @@ class Sequential:
             raise ValueError("compile() needs a `loss`, e.g. loss='categorical_crossentropy'.")
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}. Expected one of: {', '.join(BACKENDS)}.")
+        if backend == "cuda":
+            _cuda.require()
         loss_object = _losses.get(loss)
         loss_name = loss_object.name
         opt = _optimizers.get(optimizer)
@@ -285,6 +288,8 @@ class Sequential:
         if args["backend"] == "cpu":
             cls = _core.Engine64 if args["dtype"] == "float64" else _core.Engine32
             engine = cls(specs, self._loss._engine_name(), args["kinds"], cfg, _backend.get_isa())
+        elif args["backend"] == "cuda":
+            engine = _cuda.CudaEngine(specs, self._loss._engine_name(), args["kinds"], cfg, dtype=args["dtype"])
         else:
             engine = ReferenceEngine(specs, self._loss._engine_name(), args["kinds"], cfg, dtype=args["dtype"])
         engine.set_loss_options(**self._loss._engine_options())
