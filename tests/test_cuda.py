@@ -492,3 +492,18 @@ def test_keras_golden_trajectories(cuda_models, keras_goldens, case):
     for i, w in enumerate(model.get_weights()):
         assert i < n_weights(keras_goldens, case)
         assert_scaled_close(w, keras_goldens[f"{case}/final_w{i}"], err_msg=f"{case} final_w{i}")
+
+
+@pytest.mark.parametrize("emulate", TARGETS)
+def test_cpu_only_features_are_refused_clearly(emulate):
+    base = (4, 3, "relu", True, 0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(NotImplementedError, match="Activation 'gelu'.*backend='cpu'"):
+        _engine(emulate, [(4, 3, "gelu", True, 0.0, 0.0, 0.0, 0.0)], "mean_squared_error")
+    with pytest.raises(NotImplementedError, match="Dropout"):
+        _engine(emulate, [base + (0.5, 7)], "mean_squared_error")
+    engine = _engine(emulate, [base + (0.0, 0)], "mean_squared_error")
+    x, y = np.ones((5, 4)), np.ones((5, 3))
+    with pytest.raises(NotImplementedError, match="sample_weight"):
+        engine.evaluate(x, y, 5, sample_weight=np.ones(5))
+    with pytest.raises(NotImplementedError, match="weighted_metrics"):
+        engine.set_weighted_metrics([True])

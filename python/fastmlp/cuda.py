@@ -115,6 +115,16 @@ def _native_module():
     return module
 
 
+# Added to the CPU engine after the CUDA kernels were written; refused here until they exist there.
+_UNSUPPORTED_ACTIVATIONS = ("gelu", "silu", "swish")
+
+
+def _no_weights(sample_weight):
+    if sample_weight is not None:
+        raise NotImplementedError("sample_weight and class_weight are not supported on backend='cuda' yet; use "
+                                  "backend='cpu'.")
+
+
 class CudaEngine:
     """The training engine on the GPU, with the interface ``fastmlp.models.Sequential`` uses
     (see ``fastmlp.reference.ReferenceEngine``).
@@ -128,7 +138,16 @@ class CudaEngine:
     def __init__(self, layers, loss, metrics, optimizer, dtype="float32", emulate=False, epilogues=True):
         module = _native_module()
         cls = module.Engine64 if str(dtype) == "float64" else module.Engine32
-        self._native = cls(layers, loss, list(metrics), dict(optimizer), emulate=emulate, epilogues=epilogues)
+        specs = []
+        for i, spec in enumerate(layers):
+            spec = tuple(spec)
+            if spec[2] in _UNSUPPORTED_ACTIVATIONS:
+                raise NotImplementedError(f"Activation {spec[2]!r} (layer {i}) is not supported on backend='cuda' yet; "
+                                          "use backend='cpu'.")
+            if len(spec) > 8 and spec[8] > 0:
+                raise NotImplementedError("Dropout is not supported on backend='cuda' yet; use backend='cpu'.")
+            specs.append(spec[:8])  # (in, out, activation, use_bias, kernel l1, l2, bias l1, l2)
+        self._native = cls(specs, loss, list(metrics), dict(optimizer), emulate=emulate, epilogues=epilogues)
         self._data = None  # weak references to the (x, y) whose copy is on the device
         self._last_epoch = None  # (seed, epoch) of the last begin_epoch
         self._pending = None  # begin_epoch's arguments, applied once the data is on the device
@@ -166,13 +185,22 @@ class CudaEngine:
 
     # ---- training ----
 
+    def begin_fit(self):
+        """A new fit: its data goes to the device again at the first train_steps."""
+        self._data = None
+
     def begin_epoch(self, n, batch_size, shuffle, seed, epoch):
         if self._last_epoch is None or seed != self._last_epoch[0] or epoch <= self._last_epoch[1]:
             self._data = None  # a new fit: its data goes to the device again
         self._last_epoch = (seed, epoch)
         self._pending = (n, batch_size, shuffle, seed, epoch)
 
-    def train_steps(self, x, y, max_steps=0):
+    def set_weighted_metrics(self, weighted):
+        if any(weighted):
+            raise NotImplementedError("weighted_metrics are not supported on backend='cuda' yet; use backend='cpu'.")
+
+    def train_steps(self, x, y, max_steps=0, sample_weight=None):
+        _no_weights(sample_weight)
         if self._data is None or self._data[0]() is not x or self._data[1]() is not y:
             if self._pending is None:
                 raise RuntimeError("The training data changed in the middle of an epoch; call begin_epoch first.")
@@ -186,10 +214,12 @@ class CudaEngine:
     def predict(self, x, batch_size=32):
         return self._native.predict(x, batch_size)
 
-    def evaluate(self, x, y, batch_size=32):
+    def evaluate(self, x, y, batch_size=32, sample_weight=None):
+        _no_weights(sample_weight)
         return self._native.evaluate(x, y, batch_size)
 
-    def compute_gradients(self, x, y):
+    def compute_gradients(self, x, y, sample_weight=None):
+        _no_weights(sample_weight)
         return self._native.compute_gradients(x, y)
 
     # ---- CUDA specifics (tests and benchmarks) ----

@@ -539,6 +539,8 @@ class Sequential:
         live = cbs.progbar is not None and cbs.progbar.live
         self.stop_training = False
         logs = None
+        if self._compile_args["backend"] == "cuda":
+            engine.begin_fit()  # the device copy of the data is made again: x and y may have changed in place
         cbs.on_train_begin()
         slice_steps = 1
         for epoch in range(initial_epoch, epochs):
