@@ -272,41 +272,70 @@ void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_
     }
 }
 
-// Tiny products (the seed's 100x2 @ 2x4): no packing of A and no cache blocking, B copied once into
-// whole vectors; rows four at a time, one vector of columns at a time.
-template <typename T>
-void gemm_direct(const GemmArgs<T>& g) {
+// R rows of a tiny product from B copied into whole vectors (Bp, (K, Np)): one vector of columns
+// at a time, R chains side by side.
+// dst[0, n) := src[0, n) for n < N, as one fixed-size copy (a loop or a sized memcpy here compiles
+// to a library call, which costs more than a tiny product's row).
+template <typename T, index_t N>
+inline void copy_head(T* dst, const T* src, index_t n) {
+    if constexpr (N > 1) {
+        if (n == N - 1) {
+            std::memcpy(dst, src, (N - 1) * sizeof(T));
+            return;
+        }
+        copy_head<T, N - 1>(dst, src, n);
+    }
+}
+
+template <typename T, int R>
+inline void direct_rows(const GemmArgs<T>& g, const T* Bp, index_t Np, index_t m0) {
     using vec = typename Simd<T>::vec;
     constexpr index_t W = Simd<T>::width;
-    constexpr int kRows = 4;
+    for (index_t n0 = 0; n0 < Np; n0 += W) {
+        vec acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = vec{};
+        for (index_t p = 0; p < g.K; ++p) {
+            vec b;
+            std::memcpy(&b, Bp + p * Np + n0, sizeof(vec));
+            for (int r = 0; r < R; ++r) acc[r] = mul_add(splat(g.A[(m0 + r) * g.ars + p * g.acs]), b, acc[r]);
+        }
+        const index_t cols = std::min(W, g.N - n0);
+        for (int r = 0; r < R; ++r) {
+            if (g.bias) {
+                vec bv;
+                std::memcpy(&bv, g.bias + n0, sizeof(bv));
+                acc[r] += bv;
+            }
+            T* c = g.C + (m0 + r) * g.ldc + n0;
+            const vec out = acc[r];
+            if (cols == W) {
+                std::memcpy(c, &out, sizeof(vec));
+            } else {
+                T lanes[W];
+                std::memcpy(lanes, &out, sizeof(vec));
+                copy_head<T, W>(c, lanes, cols);
+            }
+            if (g.act != Act::Linear) act_forward_row(g.act, c, cols);
+        }
+    }
+}
+
+// Tiny products (the seed's 100x2 @ 2x4): no packing of A and no cache blocking, B copied once into
+// whole vectors; rows four at a time.
+template <typename T>
+void gemm_direct(const GemmArgs<T>& g) {
+    constexpr index_t W = Simd<T>::width;
     const index_t Np = round_up(g.N, W);
     T* Bp = gemm_buffer<T>(1, std::max<index_t>(g.K, 1) * Np);
     for (index_t p = 0; p < g.K; ++p)
         for (index_t n = 0; n < Np; ++n) Bp[p * Np + n] = n < g.N ? g.B[p * g.brs + n * g.bcs] : T(0);
-    for (index_t m0 = 0; m0 < g.M; m0 += kRows) {
-        const int rows = static_cast<int>(std::min<index_t>(kRows, g.M - m0));
-        for (index_t n0 = 0; n0 < Np; n0 += W) {
-            vec acc[kRows] = {};
-            for (index_t p = 0; p < g.K; ++p) {
-                vec b;
-                std::memcpy(&b, Bp + p * Np + n0, sizeof(vec));
-                for (int r = 0; r < kRows; ++r)
-                    if (r < rows) acc[r] = mul_add(splat(g.A[(m0 + r) * g.ars + p * g.acs]), b, acc[r]);
-            }
-            const index_t cols = std::min(W, g.N - n0);
-            for (int r = 0; r < rows; ++r) {
-                if (g.bias) {
-                    vec bv;
-                    std::memcpy(&bv, g.bias + n0, sizeof(bv));
-                    acc[r] += bv;
-                }
-                T out[W];
-                std::memcpy(out, &acc[r], sizeof(out));
-                T* c = g.C + (m0 + r) * g.ldc + n0;
-                std::copy(out, out + cols, c);
-                if (g.act != Act::Linear) act_forward_row(g.act, c, cols);
-            }
-        }
+    index_t m = 0;
+    for (; m + 4 <= g.M; m += 4) direct_rows<T, 4>(g, Bp, Np, m);
+    switch (g.M - m) {
+        case 3: direct_rows<T, 3>(g, Bp, Np, m); break;
+        case 2: direct_rows<T, 2>(g, Bp, Np, m); break;
+        case 1: direct_rows<T, 1>(g, Bp, Np, m); break;
+        default: break;
     }
 }
 
