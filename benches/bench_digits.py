@@ -14,14 +14,14 @@ Contenders, all on the same data from the same initial weights:
     torch eager     PyTorch autograd with Keras's Adam written by hand, if torch imports
 
 Only ``fit`` is timed, best of ``--repeats`` for the native engine after one untimed warm-up run,
-best of ``--peer-repeats`` for the others. NumPy's BLAS and torch run on ``--blas-threads`` and
-``--torch-threads`` threads (default 1, as the native engine runs on one core). Before its time
+best of ``--peer-repeats`` for the others. Every contender runs on ``--threads`` threads (default
+1: the native engine's kernels, NumPy's BLAS and torch's intra-op pool alike). Before its time
 counts, each contender's trained model must classify the 450 test images with accuracy >= 0.97;
 one that does not is shown as FAILED, and the run exits with status 1 if the native engine is one
 of them.
 
 Needs scikit-learn (the data, and threadpoolctl, which it installs). Run:
-    python benches/bench_digits.py [--repeats 3] [--peer-repeats 1] [--seed 0] [--blas-threads 1] [--torch-threads 1]
+    python benches/bench_digits.py [--repeats 3] [--peer-repeats 1] [--seed 0] [--threads 1]
 """
 
 import argparse
@@ -124,16 +124,14 @@ def main(argv=None):
     add_repeat_arguments(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the split, weights and shuffling (default: %(default)s)")
-    parser.add_argument("--blas-threads", type=int, default=1,
-                        help="NumPy's BLAS threads for the reference (default: %(default)s, as the native engine "
-                             "runs on one core)")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch's intra-op threads (default: %(default)s, as the native engine runs on one core)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of every contender: fastmlp's kernels, NumPy's BLAS, torch (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.peer_repeats < 1:
         parser.error("--repeats and --peer-repeats must be at least 1")
-    if args.blas_threads < 1 or args.torch_threads < 1:
-        parser.error("--blas-threads and --torch-threads must be at least 1")
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    fastmlp.set_num_threads(args.threads)
     try:
         import sklearn
         from threadpoolctl import threadpool_limits
@@ -143,10 +141,10 @@ def main(argv=None):
 
     torch = import_torch()
     if torch is not None:
-        torch.set_num_threads(args.torch_threads)
+        torch.set_num_threads(args.threads)
     print(f"machine: {platform.machine()} {cpu_name()}, os.cpu_count()={os.cpu_count()}, {platform.platform()}")
-    versions = [f"python {platform.python_version()}", f"numpy {np.__version__} ({args.blas_threads} BLAS threads)",
-                f"scikit-learn {sklearn.__version__}", f"fastmlp {fastmlp.__version__} ({fastmlp.cpu_info()['isa']})"]
+    versions = [f"python {platform.python_version()}", f"numpy {np.__version__} ({args.threads} BLAS threads)",
+                f"scikit-learn {sklearn.__version__}", f"fastmlp {fastmlp.__version__} ({fastmlp.cpu_info()['isa']}, {fastmlp.get_num_threads()} threads)"]
     if torch is not None:
         versions.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print("versions: " + ", ".join(versions))
@@ -161,7 +159,7 @@ def main(argv=None):
     shuffle_seed = args.seed + 1
 
     def run_reference():
-        with threadpool_limits(limits=args.blas_threads, user_api="blas"):
+        with threadpool_limits(limits=args.threads, user_api="blas"):
             return run_fastmlp("numpy", data, weights, shuffle_seed)
 
     contenders = [("fastmlp cpu (native)", args.repeats, lambda: run_fastmlp("cpu", data, weights, shuffle_seed)),
