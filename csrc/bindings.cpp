@@ -557,7 +557,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("supported_isas", &supported_isas, "Instruction sets built and runnable on this CPU, best first.");
     m.def("get_num_threads", &num_threads, "Threads the kernels use, the calling one included.");
     m.def("set_num_threads", [](int n) {
-        if (n < 1) throw std::invalid_argument("The thread count must be a positive integer; received " + std::to_string(n) + ".");
+        if (n < 1 || n > 1024)
+            throw std::invalid_argument("The thread count must be an integer from 1 to 1024; received " +
+                                        std::to_string(n) + ".");
         set_num_threads(n);
     }, py::arg("n"), "Set the threads the kernels use (>= 1); results do not depend on it.");
     bind_engine<float>(m, "Engine32");

@@ -27,9 +27,9 @@ int default_threads() {
     }
 #ifdef CPU_COUNT
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::min(1024, std::max(1, CPU_COUNT(&set)));
 #endif
-    return std::max(1u, std::thread::hardware_concurrency());
+    return static_cast<int>(std::min(1024u, std::max(1u, std::thread::hardware_concurrency())));
 }
 
 // One parallel region: tasks are claimed from `next` by whichever thread is free.

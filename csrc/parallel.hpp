@@ -17,7 +17,7 @@
 namespace fastmlp {
 
 // Threads the kernels use (the caller included): FASTMLP_NUM_THREADS when set, otherwise the CPUs
-// this process may run on.
+// this process may run on; at most 1024.
 int num_threads();
 // Set the count (>= 1); takes effect at the next parallel region.
 void set_num_threads(int n);

@@ -126,7 +126,7 @@ def test_thread_count_api():
     assert fastmlp.get_num_threads() == 1 and fastmlp.cpu_info()["threads"] == 1
     fastmlp.set_num_threads(3)
     assert fastmlp.get_num_threads() == 3
-    for bad in (0, -1, 1.5, True, "2"):
+    for bad in (0, -1, 1025, 1.5, True, "2"):
         with pytest.raises(ValueError, match="positive integer"):
             fastmlp.set_num_threads(bad)
 

@@ -74,8 +74,8 @@ def set_num_threads(n):
     """
     from . import _core
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"Expected `n` to be a positive integer. Received: n={n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
+        raise ValueError(f"Expected `n` to be a positive integer of at most 1024. Received: n={n!r}")
     _core.set_num_threads(n)
 
 
