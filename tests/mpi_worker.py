@@ -87,6 +87,8 @@ def main():
                 return original(*args)
 
         model._engine = Failing()
+    if settings.get("prefit"):  # a plain epoch first: the distributed fit continues the model's shuffling stream
+        model.fit(x, y, epochs=1, batch_size=50, verbose=0)
     history = model.fit(x, y, distributed=strategy, callbacks=callbacks, **{**FIT, **settings.get("fit", {})})
     weights = np.concatenate([w.ravel() for w in model.get_weights()])
     np.savez(os.path.join(settings["out"], f"rank{rank}.npz"), weights=weights,

@@ -72,6 +72,8 @@ def one_process(**settings):
     """The same fit on one process, without MPI: (weights, history, iterations)."""
     model = mpi_worker.build(settings)
     x, y = mpi_worker.data()
+    if settings.get("prefit"):
+        model.fit(x, y, epochs=1, batch_size=50, verbose=0)
     history = model.fit(x, y, **{**mpi_worker.FIT, **settings.get("fit", {})})
     return np.concatenate([w.ravel() for w in model.get_weights()]), history.history, model.optimizer.iterations
 
@@ -114,9 +116,11 @@ def test_two_ranks_match_one_process(tmp_path, optimizer):
 
 
 @needs_mpi
-def test_one_rank_gives_the_bits_of_a_plain_fit(tmp_path):
-    results = trained(1, tmp_path)
-    weights, history, _ = one_process()
+@pytest.mark.parametrize("prefit", [False, True], ids=["first-fit", "after-a-plain-fit"])
+def test_one_rank_gives_the_bits_of_a_plain_fit(tmp_path, prefit):
+    # after a plain fit, the distributed one continues the model's shuffling stream as a plain one does
+    results = trained(1, tmp_path, prefit=prefit)
+    weights, history, _ = one_process(prefit=prefit)
     np.testing.assert_array_equal(results[0]["weights"], weights)
     assert results[0]["history"] == history
 

@@ -409,7 +409,13 @@ def _abort(strategy, error):
 def _train(model, strategy, state, failure):
     comm, engine = strategy.comm, state["engine"]
     x, y, val, bs = state["x"], state["y"], state["val"], state["batch_size"]
-    seed = comm.bcast(_utils.next_seed(), root=0)  # every rank draws, so that their streams stay aligned
+    # The model's shuffling stream, as in a plain fit (seed drawn at its first fit, one epoch index
+    # per epoch of its life): rank 0's, on every rank. Every rank draws, so that their generators
+    # stay aligned.
+    if model._shuffle_seed is None:
+        model._shuffle_seed = _utils.next_seed()
+    seed = model._shuffle_seed = comm.bcast(model._shuffle_seed, root=0)
+    model._shuffle_epochs = comm.bcast(model._shuffle_epochs, root=0)
     engine.iterations = comm.bcast(engine.iterations, root=0)
     for arena in _arenas(engine):
         comm.Bcast(arena, root=0)
@@ -435,7 +441,8 @@ def _train(model, strategy, state, failure):
     for epoch in range(state["initial_epoch"], epochs):
         for cb in cbs:
             cb.on_epoch_begin(epoch)
-        engine.begin_epoch(n, bs, state["shuffle"], seed, epoch)
+        engine.begin_epoch(n, bs, state["shuffle"], seed, model._shuffle_epochs)
+        model._shuffle_epochs += 1
         sums = {"loss": 0.0, "metrics": [0.0] * n_metrics, "samples": 0, "steps_done": 0, "steps_total": steps,
                 "stop": "", "bad_layer": -1, "bad_part": ""}
         last_redraw = clock()
