@@ -49,12 +49,20 @@ inline T lane_dot(const T* x, const T* y, index_t L) {
                 acc[v] += xv;
             }
         }
-    T p[kLaneBlock];
-    std::memcpy(p, acc, sizeof(p));
-    for (int j = 0; j < 8; ++j) p[j] += p[j + 8];
-    for (int j = 0; j < 4; ++j) p[j] += p[j + 4];
-    for (int j = 0; j < 2; ++j) p[j] += p[j + 2];
-    return p[0] + p[1];
+    // The tree on vectors of halves: the upper half of the partial sums added to the lower half.
+    typedef T v8 __attribute__((vector_size(8 * sizeof(T))));
+    typedef T v4 __attribute__((vector_size(4 * sizeof(T))));
+    typedef T v2 __attribute__((vector_size(2 * sizeof(T))));
+    v8 h8[2];
+    std::memcpy(h8, acc, sizeof(h8));
+    const v8 s8 = h8[0] + h8[1];
+    v4 h4[2];
+    std::memcpy(h4, &s8, sizeof(h4));
+    const v4 s4 = h4[0] + h4[1];
+    v2 h2[2];
+    std::memcpy(h2, &s4, sizeof(h2));
+    const v2 s2 = h2[0] + h2[1];
+    return s2[0] + s2[1];
 }
 
 // out[l] := sum over the F rows of A[f][l] (times B[f][l] when B is not null), accumulated from 0
