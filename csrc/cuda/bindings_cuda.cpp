@@ -13,17 +13,16 @@
 #include <string>
 #include <vector>
 
+#include "../bindings_common.hpp"
 #include "engine.hpp"
 
 namespace py = pybind11;
 using namespace fastmlp;
+using namespace fastmlp::bind;
 using fastmlp::gpu::Arena;
 using fastmlp::gpu::EngineApi;
 
 namespace {
-
-template <typename T>
-using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
 [[noreturn]] void unsupported_name(const std::string& what, const std::string& name, const char* valid) {
     throw gpu::unsupported(what + " '" + name + "' is not supported on backend='cuda'. Supported there: " + valid +
@@ -75,77 +74,6 @@ MetricKind metric_of(const std::string& n) {
     for (const auto& [name, kind] : table)
         if (n == name) return kind;
     unsupported_name("Metric", n, valid);
-}
-
-// One OptimizerConfig field from Python, as fastmlp._core parses it (csrc/bindings.cpp).
-void set_option(OptimizerConfig& c, const std::string& name, py::handle value) {
-    if (name == "kind") {
-        const auto kind = value.cast<std::string>();
-        if (kind == "sgd") c.kind = OptKind::SGD;
-        else if (kind == "adam") c.kind = OptKind::Adam;
-        else if (kind == "rmsprop") c.kind = OptKind::RMSprop;
-        else if (kind == "adagrad") c.kind = OptKind::Adagrad;
-        else throw std::invalid_argument("Unknown optimizer kind '" + kind + "'. Expected sgd, adam, rmsprop or adagrad.");
-        return;
-    }
-    if (name == "nesterov" || name == "staircase") {
-        (name == "nesterov" ? c.nesterov : c.staircase) = value.cast<bool>();
-        return;
-    }
-    if (name == "schedule") {
-        const auto kind = value.cast<std::string>();
-        if (!kind.empty() && kind != "exponential" && kind != "inverse_time" && kind != "piecewise" && kind != "cosine")
-            throw std::invalid_argument("Unknown schedule '" + kind + "'.");
-        c.schedule = kind;
-        return;
-    }
-    if (name == "boundaries" || name == "values") {
-        (name == "boundaries" ? c.boundaries : c.values) = value.cast<std::vector<double>>();
-        return;
-    }
-    double* field = name == "learning_rate"         ? &c.learning_rate
-                    : name == "decay"               ? &c.decay
-                    : name == "momentum"            ? &c.momentum
-                    : name == "beta_1"              ? &c.beta_1
-                    : name == "beta_2"              ? &c.beta_2
-                    : name == "epsilon"             ? &c.epsilon
-                    : name == "rho"                 ? &c.rho
-                    : name == "weight_decay"        ? &c.weight_decay
-                    : name == "initial_accumulator" ? &c.initial_accumulator
-                    : name == "clipnorm"            ? &c.clipnorm
-                    : name == "global_clipnorm"     ? &c.global_clipnorm
-                    : name == "clipvalue"           ? &c.clipvalue
-                    : name == "initial"             ? &c.initial
-                    : name == "decay_steps"         ? &c.decay_steps
-                    : name == "decay_rate"          ? &c.decay_rate
-                    : name == "alpha"               ? &c.alpha
-                                                    : nullptr;
-    if (!field) throw std::invalid_argument("Unknown optimizer setting '" + name + "'.");
-    *field = value.cast<double>();
-}
-
-py::dict sums_to_dict(const EpochSums& s) {
-    static const char* reasons[] = {"", "interrupted", "nonfinite_loss", "nonfinite_weights"};
-    py::dict d;
-    d["loss"] = s.loss;
-    d["metrics"] = s.metrics;
-    d["samples"] = s.samples;
-    d["steps_done"] = s.steps_done;
-    d["steps_total"] = s.steps_total;
-    d["stop"] = reasons[static_cast<int>(s.stop)];
-    d["bad_layer"] = s.bad_layer;
-    d["bad_part"] = s.bad_part;
-    return d;
-}
-
-template <typename T>
-index_t rows_of(const carray<T>& a, const char* name, index_t cols) {
-    if (a.ndim() != 2)
-        throw std::invalid_argument(std::string(name) + " must be 2-D; received " + std::to_string(a.ndim()) + " dimensions.");
-    if (a.shape(1) != cols)
-        throw std::invalid_argument(std::string(name) + " must have " + std::to_string(cols) + " columns; received " +
-                                    std::to_string(a.shape(1)) + ".");
-    return a.shape(0);
 }
 
 template <typename E, typename T>
