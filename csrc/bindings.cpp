@@ -394,7 +394,7 @@ py::tuple gemm_impl(py::handle ah, py::handle bh, py::handle biash, const std::s
         if (bias->size() != N) throw std::invalid_argument("bias must have N = " + std::to_string(N) + " elements.");
     }
     carray<T> c({M, N});
-    const GemmCall<T> call{c.mutable_data(), N, a.data(), trans_a ? 1 : K, trans_a ? M : 1, b.data(), trans_b ? 1 : N,
+    const GemmArgs<T> call{c.mutable_data(), N, a.data(), trans_a ? 1 : K, trans_a ? M : 1, b.data(), trans_b ? 1 : N,
                            trans_b ? K : 1, M, N, K, bias ? bias->data() : nullptr, act};
     double seconds;
     {

@@ -76,6 +76,21 @@ enum class MetricKind { BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAc
 // Keras's epsilon for clipping probabilities inside the cross-entropies.
 constexpr double kEpsilon = 1e-7;
 
+// A matrix product C (M, N), row stride ldc := act(op(A) op(B) + bias): A(m, p) = A[m*ars + p*acs],
+// B(p, n) = B[p*brs + n*bcs] (gemm.hpp has the contract).
+template <typename T>
+struct GemmArgs {
+    T* C;
+    index_t ldc;
+    const T* A;
+    index_t ars, acs;
+    const T* B;
+    index_t brs, bcs;
+    index_t M, N, K;
+    const T* bias;
+    Act act;
+};
+
 struct LayerSpec {
     index_t in = 0;
     index_t out = 0;

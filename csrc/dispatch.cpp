@@ -17,7 +17,7 @@ namespace fastmlp {
     std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec>, LossKind, std::vector<MetricKind>, \
                                                  OptimizerConfig);                                                 \
     template <typename T>                                                                                    \
-    double run_gemm(const GemmCall<T>&, bool, index_t);                                                      \
+    double run_gemm(const GemmArgs<T>&, bool, index_t);                                                      \
     double fma_peak(index_t);                                                                                \
     }
 FASTMLP_DECLARE_VARIANT(base)
@@ -195,7 +195,7 @@ std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<L
 }
 
 template <typename T>
-double run_gemm(const std::string& isa, const GemmCall<T>& call, bool naive, index_t repeats) {
+double run_gemm(const std::string& isa, const GemmArgs<T>& call, bool naive, index_t repeats) {
     require(repeats >= 1, "repeats must be at least 1; received " + std::to_string(repeats) + ".");
     const std::string pick = pick_isa(isa);
 #ifdef FASTMLP_HAVE_AVX512
@@ -219,8 +219,8 @@ double fma_peak(const std::string& isa, index_t iterations) {
     return base::fma_peak(iterations);
 }
 
-template double run_gemm<float>(const std::string&, const GemmCall<float>&, bool, index_t);
-template double run_gemm<double>(const std::string&, const GemmCall<double>&, bool, index_t);
+template double run_gemm<float>(const std::string&, const GemmArgs<float>&, bool, index_t);
+template double run_gemm<double>(const std::string&, const GemmArgs<double>&, bool, index_t);
 
 template std::unique_ptr<EngineBase<float>> make_engine<float>(const std::string&, std::vector<LayerSpec>, LossKind,
                                                                std::vector<MetricKind>, OptimizerConfig);

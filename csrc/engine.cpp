@@ -504,7 +504,7 @@ std::unique_ptr<EngineBase<T>> create_engine(std::vector<LayerSpec> layers, Loss
 }
 
 template <typename T>
-double run_gemm(const GemmCall<T>& c, bool naive, index_t repeats) {
+double run_gemm(const GemmArgs<T>& c, bool naive, index_t repeats) {
     FlushDenormals ftz;
     std::vector<T> bias;
     if (c.bias) {
@@ -547,8 +547,8 @@ double fma_peak(index_t iterations) {
     return 2.0 * kChains * Simd<float>::width * double(iterations) * threads / seconds / 1e9;
 }
 
-template double run_gemm<float>(const GemmCall<float>&, bool, index_t);
-template double run_gemm<double>(const GemmCall<double>&, bool, index_t);
+template double run_gemm<float>(const GemmArgs<float>&, bool, index_t);
+template double run_gemm<double>(const GemmArgs<double>&, bool, index_t);
 
 template std::unique_ptr<EngineBase<float>> create_engine<float>(std::vector<LayerSpec>, LossKind,
                                                                  std::vector<MetricKind>, OptimizerConfig);

@@ -127,23 +127,11 @@ template <typename T>
 std::unique_ptr<EngineBase<T>> make_engine(const std::string& isa, std::vector<LayerSpec> layers, LossKind loss,
                                            std::vector<MetricKind> metrics, OptimizerConfig opt);
 
-// One matrix product for the kernel tests and benchmarks (gemm.hpp's contract; bias unpadded, N
-// entries, or null), run on instruction set `isa` ("" = the best supported one) `repeats` times.
-// Returns the mean seconds per product, timed in C++.
+// One matrix product for the kernel tests and benchmarks (gemm.hpp's contract, GemmArgs in
+// common.hpp; bias unpadded, N entries, or null), run on instruction set `isa` ("" = the best
+// supported one) `repeats` times. Returns the mean seconds per product, timed in C++.
 template <typename T>
-struct GemmCall {
-    T* C;
-    index_t ldc;
-    const T* A;
-    index_t ars, acs;
-    const T* B;
-    index_t brs, bcs;
-    index_t M, N, K;
-    const T* bias;
-    Act act;
-};
-template <typename T>
-double run_gemm(const std::string& isa, const GemmCall<T>& call, bool naive, index_t repeats);
+double run_gemm(const std::string& isa, const GemmArgs<T>& call, bool naive, index_t repeats);
 // The float32 multiply-add peak of variant `isa` on the kernels' threads, in GFLOP/s (for benches).
 double fma_peak(const std::string& isa, index_t iterations);
 

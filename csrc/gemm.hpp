@@ -216,19 +216,6 @@ inline T* gemm_buffer(int which, index_t n) {
     return b.data();
 }
 
-template <typename T>
-struct GemmArgs {
-    T* C;
-    index_t ldc;
-    const T* A;
-    index_t ars, acs;
-    const T* B;
-    index_t brs, bcs;
-    index_t M, N, K;
-    const T* bias;
-    Act act;
-};
-
 // The rows [m0, m1) and columns [n0, n1) of the product, in the calling thread.
 template <typename T>
 void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_t n1) {
