@@ -176,5 +176,10 @@ private:
 inline void require(bool ok, const std::string& what) {
     if (!ok) throw std::invalid_argument(what);
 }
+// The same for a literal message, without building a std::string (a heap allocation) on every call:
+// hot paths check their contracts with this one.
+inline void require(bool ok, const char* what) {
+    if (!ok) throw std::invalid_argument(what);
+}
 
 }  // namespace fastmlp

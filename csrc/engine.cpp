@@ -215,12 +215,10 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std:
         }
         const T* b = s.use_bias ? params_.data() + b_off_[l] : nullptr;
         if (needs_preactivation(s.act)) {
-            narrow_dense_forward(zs_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, Act::Linear,
-                                 lane_tmp_.data());
+            narrow_dense_forward(zs_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, Act::Linear);
             act_forward_copy(s.act, zs_[l].data(), acts_[l].data(), s.out * L);
         } else {
-            narrow_dense_forward(acts_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, s.act,
-                                 lane_tmp_.data());
+            narrow_dense_forward(acts_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, s.act);
         }
         in = acts_[l].data();
     }

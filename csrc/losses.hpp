@@ -26,15 +26,20 @@
 
 FASTMLP_ISA_BEGIN
 
-template <typename T>
-inline T clip_prob(T p) {
+// clip_prob, clip_active, bce_term_binary and bce_grad_binary take a scalar or a whole GCC vector
+// (the narrow kernels' lanes), lane by lane the same operations: std::min/std::max written out.
+template <typename V>
+inline V clip_prob(V p) {
+    using T = lane_t<V>;
     const T lo = T(kEpsilon), hi = T(1) - T(kEpsilon);
-    return std::min(std::max(p, lo), hi);
+    const V a = p < lo ? lo : p;  // std::max(p, lo)
+    return hi < a ? hi : a;       // std::min(a, hi)
 }
 
-template <typename T>
-inline bool clip_active(T p) {
-    return p < T(kEpsilon) || p > T(1) - T(kEpsilon);
+template <typename V>
+inline auto clip_active(V p) {  // bool, or a lane mask
+    using T = lane_t<V>;
+    return (p < T(kEpsilon)) | (p > T(1) - T(kEpsilon));
 }
 
 // Sparse labels (column 0 of each of the n rows of Y, row stride ycols) must be integers in [0, C):
@@ -51,31 +56,35 @@ void check_sparse_labels(const T* Y, index_t n, index_t ycols, index_t C) {
 
 // Elementwise pieces shared by the row-major and the feature-major (narrow.hpp) paths, so that
 // both compute every element with the same operations.
-template <typename T>
-inline T bce_term(T p, T y) {  // y log(clip p) + (1 - y) log(1 - clip p)
-    const T q = clip_prob(p);
+template <typename V>
+inline V bce_term(V p, V y) {  // y log(clip p) + (1 - y) log(1 - clip p)
+    using T = lane_t<V>;
+    const V q = clip_prob(p);
     return y * vlog(q) + (T(1) - y) * vlog(T(1) - q);
 }
 
-template <typename T>
-inline T bce_grad(T p, T y, T s) {  // s * d/dp[-(y log p + (1 - y) log(1 - p))], 0 where clipped
-    const T g = s * (-(y / p) + (T(1) - y) / (T(1) - p));
+template <typename V>
+inline V bce_grad(V p, V y, lane_t<V> s) {  // s * d/dp[-(y log p + (1 - y) log(1 - p))], 0 where clipped
+    using T = lane_t<V>;
+    const V g = s * (-(y / p) + (T(1) - y) / (T(1) - p));
     return clip_active(p) ? T(0) : g;
 }
 
 // The same two functions for a target that is exactly 0 or 1, with one log and one division
 // instead of two: for such y they return the same bits as bce_term and bce_grad (the dropped
 // term is an exact zero).
-template <typename T>
-inline T bce_term_binary(T p, T y) {
-    const T q = clip_prob(p);
+template <typename V>
+inline V bce_term_binary(V p, V y) {
+    using T = lane_t<V>;
+    const V q = clip_prob(p);
     return vlog(y == T(1) ? q : T(1) - q);
 }
 
-template <typename T>
-inline T bce_grad_binary(T p, T y, T s) {
-    const T r = T(1) / (y == T(1) ? p : T(1) - p);
-    const T g = s * (y == T(1) ? -r : r);
+template <typename V>
+inline V bce_grad_binary(V p, V y, lane_t<V> s) {
+    using T = lane_t<V>;
+    const V r = T(1) / (y == T(1) ? p : T(1) - p);
+    const V g = s * (y == T(1) ? -r : r);
     return clip_active(p) ? T(0) : g;
 }
 

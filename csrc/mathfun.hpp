@@ -10,42 +10,62 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "common.hpp"
 
 FASTMLP_ISA_BEGIN
 
-inline float bits_to_float(std::int32_t i) {
-    float f;
-    std::memcpy(&f, &i, sizeof(f));
-    return f;
-}
-
-inline std::int32_t float_to_bits(float f) {
-    std::int32_t i;
-    std::memcpy(&i, &f, sizeof(i));
-    return i;
-}
+// Lane traits: exp_fast and log_fast are written once for a float or a GCC vector of floats (the
+// narrow kernels call them on whole vectors). The operations are the same per lane, so a lane of
+// the vector form gives exactly the scalar form's bits.
+template <typename V>
+struct FloatLanes {  // V: a GCC vector of float
+    typedef std::int32_t I __attribute__((vector_size(sizeof(V))));
+    static I trunc(V x) { return __builtin_convertvector(x, I); }
+    static V to_float(I n) { return __builtin_convertvector(n, V); }
+    static V from_bits(I i) { return reinterpret_cast<V>(i); }
+    static I to_bits(V f) { return reinterpret_cast<I>(f); }
+};
+template <>
+struct FloatLanes<float> {
+    using I = std::int32_t;
+    static I trunc(float x) { return static_cast<I>(x); }
+    static float to_float(I n) { return static_cast<float>(n); }
+    static float from_bits(I i) {
+        float f;
+        std::memcpy(&f, &i, sizeof(f));
+        return f;
+    }
+    static I to_bits(float f) {
+        I i;
+        std::memcpy(&i, &f, sizeof(i));
+        return i;
+    }
+};
 
 // exp(x): exact 0 below -87.33 (results under FLT_MIN flush to zero), +inf above 88.72, NaN kept.
-inline float exp_fast(float x) {
+template <typename V>
+inline V exp_fast(V x) {
+    using F = FloatLanes<V>;
     const float lo = -87.3365447505531f, hi = 88.7228391116729f;
     // Written so that NaN selects lo (no NaN reaches the int conversion); it is put back at the end.
-    float xc = x > lo ? (x < hi ? x : hi) : lo;
+    const V xc = x > lo ? (x < hi ? x : hi) : lo;
     // n = round(x / ln 2), capped at 127 so that 2^n is a normal float.
-    const float t = xc * 1.44269504088896341f;
-    std::int32_t n = static_cast<std::int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f));
+    const V t = xc * 1.44269504088896341f;
+    typename F::I n = F::trunc(t + (t >= 0.0f ? 0.5f : -0.5f));
     n = n > 127 ? 127 : n;
-    const float fn = static_cast<float>(n);
-    const float r = (xc - fn * 0.693359375f) - fn * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
+    const V fn = F::to_float(n);
+    const V r = (xc - fn * 0.693359375f) - fn * -2.12194440e-4f;
+    V p = r * 1.9875691500e-4f;  // p * r for the constant p: the same product
+    p = p + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    const float y = (p * (r * r) + r) + 1.0f;
-    float out = y * bits_to_float((n + 127) << 23);
+    const V y = (p * (r * r) + r) + 1.0f;
+    V out = y * F::from_bits((n + 127) << 23);
     out = x < lo ? 0.0f : out;
     out = x > hi ? HUGE_VALF : out;
     return x != x ? x : out;
@@ -54,16 +74,18 @@ inline float exp_fast(float x) {
 // log(x) for positive, normal x (the losses only take logs of probabilities clipped to
 // [1e-7, 1 - 1e-7]), and NaN for NaN, so that a diverged network's loss reads as NaN; other
 // inputs are outside the contract.
-inline float log_fast(float x) {
-    const std::int32_t bits = float_to_bits(x);
-    float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
-    float m = bits_to_float((bits & 0x807fffff) | 0x3f000000);  // x = m * 2^e, m in [0.5, 1)
-    const bool small = m < 0.707106781186547524f;
+template <typename V>
+inline V log_fast(V x) {
+    using F = FloatLanes<V>;
+    const typename F::I bits = F::to_bits(x);
+    V e = F::to_float(((bits >> 23) & 0xff) - 126);
+    V m = F::from_bits((bits & 0x807fffff) | 0x3f000000);  // x = m * 2^e, m in [0.5, 1)
+    const auto small = m < 0.707106781186547524f;
     e = small ? e - 1.0f : e;
     m = small ? (m + m) - 1.0f : m - 1.0f;
-    const float z = m * m;
-    float p = 7.0376836292e-2f;
-    p = p * m - 1.1514610310e-1f;
+    const V z = m * m;
+    V p = m * 7.0376836292e-2f;
+    p = p - 1.1514610310e-1f;
     p = p * m + 1.1676998740e-1f;
     p = p * m - 1.2420140846e-1f;
     p = p * m + 1.4249322787e-1f;
@@ -71,10 +93,10 @@ inline float log_fast(float x) {
     p = p * m + 2.0000714765e-1f;
     p = p * m - 2.4999993993e-1f;
     p = p * m + 3.3333331174e-1f;
-    float y = (p * m) * z;
+    V y = (p * m) * z;
     y = y + e * -2.12194440e-4f;
     y = y - 0.5f * z;
-    const float out = (m + y) + e * 0.693359375f;
+    const V out = (m + y) + e * 0.693359375f;
     return x != x ? x : out;
 }
 
@@ -82,5 +104,39 @@ inline float vexp(float x) { return exp_fast(x); }
 inline float vlog(float x) { return log_fast(x); }
 inline double vexp(double x) { return std::exp(x); }
 inline double vlog(double x) { return std::log(x); }
+
+// The element type of a GCC vector (lane_t<V>), or the scalar itself: helpers written once for
+// both (clip_prob, the binary cross-entropy terms) take their constants in it.
+template <typename V, typename = void>
+struct LaneOf {
+    using type = V;
+};
+template <typename V>
+struct LaneOf<V, std::void_t<decltype(std::declval<V>()[0])>> {
+    using type = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
+};
+template <typename V>
+using lane_t = typename LaneOf<V>::type;
+
+// vexp and vlog on a whole vector: lane by lane the scalar forms' bits (float: the polynomials
+// above; double: the C library, one lane at a time).
+template <typename V, typename = std::enable_if_t<!std::is_same_v<lane_t<V>, V>>>
+inline V vexp(V x) {
+    if constexpr (std::is_same_v<lane_t<V>, float>) {
+        return exp_fast(x);
+    } else {
+        for (std::size_t i = 0; i < sizeof(V) / sizeof(x[0]); ++i) x[i] = std::exp(x[i]);
+        return x;
+    }
+}
+template <typename V, typename = std::enable_if_t<!std::is_same_v<lane_t<V>, V>>>
+inline V vlog(V x) {
+    if constexpr (std::is_same_v<lane_t<V>, float>) {
+        return log_fast(x);
+    } else {
+        for (std::size_t i = 0; i < sizeof(V) / sizeof(x[0]); ++i) x[i] = std::log(x[i]);
+        return x;
+    }
+}
 
 FASTMLP_ISA_END

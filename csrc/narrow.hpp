@@ -8,14 +8,17 @@
 // Padding lanes (>= the batch size B) hold zero inputs and zero gradients, so they add nothing to
 // any sum. Every forward value, loss term, metric and input gradient is computed with exactly the
 // operations of the row-major kernels (dense.hpp, losses.hpp), so they are the same bits. The
-// batch reductions (dW, db) are the exception: they sum lanes in kLaneBlock-wide partial sums
-// combined in a fixed order (lane_dot), which is deterministic and the same for every vector
-// width, but not the row-major kernels' order.
+// batch reductions are the exception: dW and db sum lanes in kLaneBlock-wide partial sums
+// combined in a fixed order (lane_dots), and the batch's loss sums its lanes in eight interleaved
+// partial sums (lanes_total); both are deterministic and the same for every vector width and
+// thread count, but not the row-major kernels' order.
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "activations.hpp"
@@ -28,28 +31,83 @@ FASTMLP_ISA_BEGIN
 // Lanes are padded to a multiple of this: 16 floats are 4 SSE, 2 AVX2 or 1 AVX-512 vector.
 constexpr index_t kLaneBlock = 16;
 
-// sum over lanes l < L of x[l] * y[l] (y null: of x[l]), L a multiple of kLaneBlock (16).
-// Order, the same for every vector width: 16 partial sums p[i] over lanes l = i (mod 16) in
-// ascending blocks (mul_add chains when y is given), then the fixed tree p[j] += p[j+8]; p[j] += p[j+4]; p[j] += p[j+2]; p[0] + p[1].
 template <typename T>
-inline T lane_dot(const T* x, const T* y, index_t L) {
-    using vec = typename Simd<T>::vec;
+using LaneVec = typename Simd<T>::vec;
+
+template <typename T>
+inline LaneVec<T> load_lanes(const T* p) {
+    LaneVec<T> v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+template <typename T>
+inline void store_lanes(T* p, LaneVec<T> v) {
+    std::memcpy(p, &v, sizeof(v));
+}
+
+// Calls f(std::integral_constant<int, G>{}) with 1 <= g <= kMaxGroup fixed at compile time: the
+// register-blocked kernels below keep G rows' accumulators in registers.
+constexpr index_t kMaxGroup = 8;
+template <typename F>
+inline void with_group(index_t g, F&& f) {
+    switch (g) {
+        case 1: f(std::integral_constant<int, 1>{}); break;
+        case 2: f(std::integral_constant<int, 2>{}); break;
+        case 3: f(std::integral_constant<int, 3>{}); break;
+        case 4: f(std::integral_constant<int, 4>{}); break;
+        case 5: f(std::integral_constant<int, 5>{}); break;
+        case 6: f(std::integral_constant<int, 6>{}); break;
+        case 7: f(std::integral_constant<int, 7>{}); break;
+        default: f(std::integral_constant<int, 8>{}); break;
+    }
+}
+
+// The register-blocked feature-major product, G output rows at a time:
+//   O[r] (L,) := fin_r( chain over p < P of mul_add(In[p] (L,), C[p][r], .) from 0 ),  r < G,
+// with In (P, L) row-major, C[p][r] = coef[p * cs + r * rs] broadcast once, and fin_r the
+// epilogue: + bias[r] (bias not null), then relu's max(., 0) when relu is set, then, when mask is
+// not null, relu's derivative through mask (the previous layer's output: O := mask > 0 ? O : 0).
+// Every element is the same chain as lanes_mul_add row by row gives, so the same bits.
+template <int G, typename T>
+inline void lanes_product(T* O, index_t ors, const T* In, const T* coef, index_t cs, index_t rs, index_t P,
+                          index_t L, const T* bias, bool relu, const T* mask) {
+    using vec = LaneVec<T>;
     constexpr index_t W = Simd<T>::width;
-    constexpr index_t NA = kLaneBlock / W;
-    vec acc[NA] = {};
-    for (index_t b = 0; b < L; b += kLaneBlock)
-        for (index_t v = 0; v < NA; ++v) {
-            vec xv;
-            std::memcpy(&xv, x + b + v * W, sizeof(vec));
-            if (y) {
-                vec yv;
-                std::memcpy(&yv, y + b + v * W, sizeof(vec));
-                acc[v] = mul_add(xv, yv, acc[v]);
-            } else {
-                acc[v] += xv;
-            }
+    constexpr index_t kMaxP = 16;  // the narrow path's widest layer (Engine::kNarrowWidth)
+    require(P <= kMaxP, "lanes_product: at most 16 input rows (the narrow path's widest layer).");
+    vec cv[kMaxP * G];
+    for (index_t p = 0; p < P; ++p)
+        for (int r = 0; r < G; ++r) cv[p * G + r] = splat(coef[p * cs + r * rs]);
+    vec bv[G];
+    for (int r = 0; r < G; ++r) bv[r] = bias ? splat(bias[r]) : vec{};
+    // The broadcast coefficients are read from memory by the multiply-adds (one instruction each):
+    // hiding the array behind an opaque pointer stops GCC from unrolling P and copying it to registers.
+    const vec* c = cv;
+    asm("" : "+r"(c));
+    const vec zero{};
+    for (index_t l = 0; l < L; l += W) {
+        vec acc[G];
+        const vec x0 = load_lanes(In + l);
+        for (int r = 0; r < G; ++r) acc[r] = mul_add(x0, c[r], zero);
+        for (index_t p = 1; p < P; ++p) {
+            const vec x = load_lanes(In + p * L + l);
+            for (int r = 0; r < G; ++r) acc[r] = mul_add(x, c[p * G + r], acc[r]);
         }
-    // The tree on vectors of halves: the upper half of the partial sums added to the lower half.
+        for (int r = 0; r < G; ++r) {
+            vec o = acc[r];
+            if (bias) o = o + bv[r];
+            if (relu) o = o > T(0) ? o : T(0);
+            if (mask) o = load_lanes(mask + r * L + l) > T(0) ? o : T(0);
+            store_lanes(O + r * ors + l, o);
+        }
+    }
+}
+
+// The fixed tree over kLaneBlock partial sums held in kLaneBlock / width vectors: on vectors of
+// halves, p[j] += p[j+8]; p[j] += p[j+4]; p[j] += p[j+2]; p[0] + p[1].
+template <typename T>
+inline T lane_tree(const typename Simd<T>::vec* acc) {
     typedef T v8 __attribute__((vector_size(8 * sizeof(T))));
     typedef T v4 __attribute__((vector_size(4 * sizeof(T))));
     typedef T v2 __attribute__((vector_size(2 * sizeof(T))));
@@ -63,6 +121,29 @@ inline T lane_dot(const T* x, const T* y, index_t L) {
     std::memcpy(h2, &s4, sizeof(h2));
     const v2 s2 = h2[0] + h2[1];
     return s2[0] + s2[1];
+}
+
+// out[g] := sum over lanes l < L of x[l] * Y[g][l] (x null: of Y[g][l]) for g < G, Y (G, L) with
+// row stride L, L a multiple of kLaneBlock (16). Order, the same for every vector width: 16
+// partial sums p[i] over lanes l = i (mod 16) in ascending blocks (mul_add chains when x is
+// given), then lane_tree. G rows at a time share the loads of x.
+template <int G, typename T>
+inline void lane_dots(T* out, const T* x, const T* Y, index_t L) {
+    using vec = typename Simd<T>::vec;
+    constexpr index_t W = Simd<T>::width;
+    constexpr index_t NA = kLaneBlock / W;
+    vec acc[G][NA] = {};
+    for (index_t b = 0; b < L; b += kLaneBlock)
+        for (index_t v = 0; v < NA; ++v) {
+            vec xv{};
+            if (x) std::memcpy(&xv, x + b + v * W, sizeof(vec));
+            for (int g = 0; g < G; ++g) {
+                vec yv;
+                std::memcpy(&yv, Y + g * L + b + v * W, sizeof(vec));
+                acc[g][v] = x ? mul_add(xv, yv, acc[g][v]) : acc[g][v] + yv;
+            }
+        }
+    for (int g = 0; g < G; ++g) out[g] = lane_tree<T>(acc[g]);
 }
 
 // out[l] := sum over the F rows of A[f][l] (times B[f][l] when B is not null), accumulated from 0
@@ -80,21 +161,29 @@ inline void rows_sum(T* out, const T* A, const T* B, index_t F, index_t L) {
     }
 }
 
-// Softmax over the F rows of each lane of A (F, L), in place; tmp holds 2L values.
+// Softmax over the F rows of each lane of A (F, L), in place, one lane vector at a time: per lane,
+// m = max over rows (from -inf, std::max's order), e_f = exp(a_f - m), s = 0 + e_0 + e_1 + ...,
+// a_f = e_f * (1 / s): the operations of softmax_row.
 template <typename T>
-void narrow_softmax(T* A, index_t F, index_t L, T* tmp) {
-    T* m = tmp;
-    T* s = tmp + L;
+void narrow_softmax(T* A, index_t F, index_t L) {
+    using vec = LaneVec<T>;
+    constexpr index_t W = Simd<T>::width;
     const T neg_inf = -std::numeric_limits<T>::infinity();
-    for (index_t l = 0; l < L; ++l) m[l] = std::max(neg_inf, A[l]);
-    for (index_t f = 1; f < F; ++f)
-        for (index_t l = 0; l < L; ++l) m[l] = std::max(m[l], A[f * L + l]);
-    for (index_t f = 0; f < F; ++f)
-        for (index_t l = 0; l < L; ++l) A[f * L + l] = vexp(A[f * L + l] - m[l]);
-    rows_sum(s, A, static_cast<const T*>(nullptr), F, L);
-    for (index_t l = 0; l < L; ++l) s[l] = T(1) / s[l];
-    for (index_t f = 0; f < F; ++f)
-        for (index_t l = 0; l < L; ++l) A[f * L + l] *= s[l];
+    for (index_t l = 0; l < L; l += W) {
+        vec m = splat(neg_inf);
+        for (index_t f = 0; f < F; ++f) {
+            const vec a = load_lanes(A + f * L + l);
+            m = m < a ? a : m;  // std::max(m, a)
+        }
+        vec s{};
+        for (index_t f = 0; f < F; ++f) {
+            const vec e = vexp(load_lanes(A + f * L + l) - m);
+            store_lanes(A + f * L + l, e);
+            s = s + e;
+        }
+        const vec inv = T(1) / s;
+        for (index_t f = 0; f < F; ++f) store_lanes(A + f * L + l, load_lanes(A + f * L + l) * inv);
+    }
 }
 
 // z[l] := mul_add(x[l], w, c[l]) for l < L (c null: from 0), L a multiple of kLaneBlock; z may be c.
@@ -125,22 +214,22 @@ inline void epilogue_pass(T* z, T b, index_t L) {
 
 // Dense forward, feature-major:  Z (N, L) := act(W^T X + b)  for X (K, L), W (K, N), b (N,) or null.
 // Per element: the chain acc = mul_add(x_k, w_k, acc) from 0 over k ascending, then + b, then act,
-// as dense_forward_naive and the GEMM.
-// The bias and an elementwise activation are applied in one pass after the products.
+// as dense_forward_naive and the GEMM. Rows go G <= kMaxGroup at a time through lanes_product,
+// which applies the bias and relu in registers; another elementwise activation is one pass after.
 template <typename T>
-void narrow_dense_forward(T* Z, const T* X, const T* W, const T* b, index_t L, index_t K, index_t N, Act act,
-                          T* tmp) {
+void narrow_dense_forward(T* Z, const T* X, const T* W, const T* b, index_t L, index_t K, index_t N, Act act) {
     const Act fused = act == Act::Softmax ? Act::Linear : act;
-    for (index_t n = 0; n < N; ++n) {
-        T* z = Z + n * L;
-        for (index_t k = 0; k < K; ++k) lanes_mul_add(z, X + k * L, W[k * N + n], k == 0 ? nullptr : z, L);
-        if (b) {
-            with_act(fused, [&](auto A) { epilogue_pass<decltype(A)::value, true>(z, b[n], L); });
-        } else if (fused != Act::Linear) {
-            with_act(fused, [&](auto A) { epilogue_pass<decltype(A)::value, false>(z, T(0), L); });
-        }
+    const bool relu = fused == Act::Relu;
+    for (index_t n0 = 0; n0 < N; n0 += kMaxGroup) {
+        const index_t g = std::min(kMaxGroup, N - n0);
+        with_group(g, [&](auto G) {
+            lanes_product<decltype(G)::value>(Z + n0 * L, L, X, W + n0, N, 1, K, L, b ? b + n0 : nullptr, relu,
+                                              static_cast<const T*>(nullptr));
+        });
     }
-    if (act == Act::Softmax) narrow_softmax(Z, N, L, tmp);
+    if (fused != Act::Linear && !relu)
+        with_act(fused, [&](auto A) { epilogue_pass<decltype(A)::value, false>(Z, T(0), N * L); });
+    if (act == Act::Softmax) narrow_softmax(Z, N, L);
 }
 
 // Softmax's backward over the F rows of each lane, in place: d := a * (d - sum_f d a). tmp: L values.
@@ -161,27 +250,54 @@ void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T
                            Act act_prev, const T* A_prev, T* tmp) {
     require(!needs_preactivation(act_prev), "narrow_dense_backward: gelu and swish need the pre-activation; pass "
                                             "Linear and apply act_backward_row_z.");
-    for (index_t k = 0; k < K; ++k)
-        for (index_t n = 0; n < N; ++n) dW[k * N + n] = lane_dot(X + k * L, dZ + n * L, L);
-    if (db)
-        for (index_t n = 0; n < N; ++n) db[n] = lane_dot(dZ + n * L, static_cast<const T*>(nullptr), L);
-    if (!dX) return;
-    const Act fused = act_prev == Act::Softmax ? Act::Linear : act_prev;
-    for (index_t k = 0; k < K; ++k) {
-        T* dx = dX + k * L;
-        for (index_t n = 0; n < N; ++n) lanes_mul_add(dx, dZ + n * L, W[k * N + n], n == 0 ? nullptr : dx, L);
-        if (fused != Act::Linear) {
-            const T* a = A_prev + k * L;
-            with_act(fused, [&](auto A) {
-                for (index_t l = 0; l < L; ++l) dx[l] = act_grad<decltype(A)::value>(a[l], dx[l]);
-            });
+    // dW row k and db: lane sums, kLaneGroup columns at a time (lane_dots; y null for db).
+    constexpr index_t kLaneGroup = 4;
+    for (index_t k = 0; k <= K; ++k) {
+        if (k == K && !db) break;
+        const T* x = k < K ? X + k * L : nullptr;
+        T* out = k < K ? dW + k * N : db;
+        for (index_t n0 = 0; n0 < N; n0 += kLaneGroup) {
+            switch (std::min(kLaneGroup, N - n0)) {
+                case 1: lane_dots<1>(out + n0, x, dZ + n0 * L, L); break;
+                case 2: lane_dots<2>(out + n0, x, dZ + n0 * L, L); break;
+                case 3: lane_dots<3>(out + n0, x, dZ + n0 * L, L); break;
+                default: lane_dots<4>(out + n0, x, dZ + n0 * L, L); break;
+            }
         }
     }
+    if (!dX) return;
+    // dX rows k0.. k0+G: the chains over n of dZ[n] W[k][n]; relu's derivative in registers.
+    const Act fused = act_prev == Act::Softmax ? Act::Linear : act_prev;
+    const bool relu = fused == Act::Relu;
+    for (index_t k0 = 0; k0 < K; k0 += kMaxGroup) {
+        const index_t g = std::min(kMaxGroup, K - k0);
+        with_group(g, [&](auto G) {
+            lanes_product<decltype(G)::value>(dX + k0 * L, L, dZ, W + k0 * N, 1, N, N, L, static_cast<const T*>(nullptr),
+                                              false, relu ? A_prev + k0 * L : nullptr);
+        });
+    }
+    if (fused != Act::Linear && !relu)
+        with_act(fused, [&](auto A) {
+            for (index_t i = 0; i < K * L; ++i) dX[i] = act_grad<decltype(A)::value>(A_prev[i], dX[i]);
+        });
     if (act_prev == Act::Softmax) narrow_softmax_backward(A_prev, dX, K, L, tmp);
 }
 
-// Loss of the B real lanes of P (C, L) against Y (yc, L) (yc = 1: class ids), summed over lanes in
-// ascending order; with dZ (C, L) not null, also the output layer's logit gradient, zero on the
+// sum over l < B of s[l] (times w[l] when w is not null), in double: eight interleaved partial
+// sums (lanes l = j mod 8, ascending) combined by a fixed tree, so that the sum is not one serial
+// chain of B dependent additions. The batch's loss; the row-major path sums its rows in order.
+template <typename T>
+inline double lanes_total(const T* s, const T* w, index_t B) {
+    double acc[8] = {};
+    index_t l = 0;
+    for (; l + 8 <= B; l += 8)
+        for (int j = 0; j < 8; ++j) acc[j] += weighted(double(s[l + j]), w, l + j);
+    for (int j = 0; l + j < B; ++j) acc[j] += weighted(double(s[l + j]), w, l + j);
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+// Loss of the B real lanes of P (C, L) against Y (yc, L) (yc = 1: class ids), summed over lanes by
+// lanes_total; with dZ (C, L) not null, also the output layer's logit gradient, zero on the
 // padding lanes. work and row_work are scratch. Same per-lane operations as output_loss, sample
 // weights w (L,) or null included.
 template <typename T>
@@ -212,21 +328,28 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
     T* t = work.data();
     T* s = t + C * L;
     T* u = s + L;
+    using vec = LaneVec<T>;
+    constexpr index_t VW = Simd<T>::width;
     const bool sparse = kind == LossKind::SparseCategoricalCrossentropy;
     const bool binary = kind == LossKind::BinaryCrossentropy && all_binary(Y, C * L);
-    // Per-lane loss into s.
+    // Per-lane loss into s, one lane vector at a time; the sums over classes in ascending order
+    // from 0, as rows_sum and the row-major kernels.
     if (kind == LossKind::BinaryCrossentropy || kind == LossKind::MeanSquaredError) {
-        const index_t n = C * L;
-        if (kind == LossKind::BinaryCrossentropy && binary) {
-            for (index_t k = 0; k < n; ++k) t[k] = bce_term_binary(P[k], Y[k]);
-        } else if (kind == LossKind::BinaryCrossentropy) {
-            for (index_t k = 0; k < n; ++k) t[k] = bce_term(P[k], Y[k]);
-        } else {
-            for (index_t k = 0; k < n; ++k) t[k] = (P[k] - Y[k]) * (P[k] - Y[k]);
-        }
-        rows_sum(s, t, static_cast<const T*>(nullptr), C, L);
         const T sign = kind == LossKind::BinaryCrossentropy ? T(-1) : T(1);
-        for (index_t l = 0; l < L; ++l) s[l] = sign * s[l] / T(C);
+        for (index_t l = 0; l < L; l += VW) {
+            vec acc{};
+            for (index_t c = 0; c < C; ++c) {
+                const vec p = load_lanes(P + c * L + l), y = load_lanes(Y + c * L + l);
+                vec term;
+                if (kind == LossKind::MeanSquaredError) {
+                    term = (p - y) * (p - y);
+                } else {
+                    term = binary ? bce_term_binary(p, y) : bce_term(p, y);
+                }
+                acc = acc + term;
+            }
+            store_lanes(s + l, sign * acc / T(C));
+        }
     } else {
         rows_sum(u, P, static_cast<const T*>(nullptr), C, L);  // u = sum over classes of p
         if (sparse) {
@@ -235,14 +358,16 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
                 s[l] = -vlog(clip_prob(P[label * L + l] / u[l]));
             }
         } else {
-            for (index_t c = 0; c < C; ++c)
-                for (index_t l = 0; l < L; ++l) t[c * L + l] = vlog(clip_prob(P[c * L + l] / u[l]));
-            rows_sum(s, Y, t, C, L);
-            for (index_t l = 0; l < L; ++l) s[l] = -s[l];
+            for (index_t l = 0; l < L; l += VW) {
+                const vec uv = load_lanes(u + l);
+                vec acc{};
+                for (index_t c = 0; c < C; ++c)
+                    acc = acc + load_lanes(Y + c * L + l) * vlog(clip_prob(load_lanes(P + c * L + l) / uv));
+                store_lanes(s + l, -acc);
+            }
         }
     }
-    double total = 0;
-    for (index_t l = 0; l < B; ++l) total += weighted(double(s[l]), w, l);
+    const double total = lanes_total(s, w, B);
     if (!dZ) return total;
 
     const index_t n = C * L;
@@ -261,10 +386,9 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
         // Unfused: dL/dP, then the activation's backward.
         if (kind == LossKind::BinaryCrossentropy) {
             const T sc = scale / T(C);
-            if (binary) {
-                for (index_t k = 0; k < n; ++k) dZ[k] = bce_grad_binary(P[k], Y[k], sc);
-            } else {
-                for (index_t k = 0; k < n; ++k) dZ[k] = bce_grad(P[k], Y[k], sc);
+            for (index_t k = 0; k < n; k += VW) {
+                const vec p = load_lanes(P + k), y = load_lanes(Y + k);
+                store_lanes(dZ + k, binary ? bce_grad_binary(p, y, sc) : bce_grad(p, y, sc));
             }
         } else if (kind == LossKind::MeanSquaredError) {
             const T sc = scale * T(2) / T(C);
