@@ -60,10 +60,18 @@ public:
     int threads() const { return threads_.load(std::memory_order_relaxed); }
     void set_threads(int n) { threads_.store(std::max(1, n), std::memory_order_relaxed); }
 
-    // Returns false (having run nothing) when another region holds the pool.
+    // Returns false (having run nothing) when another region holds the pool, the caller's own
+    // included (a task that starts a region runs it serially).
     bool run(int ntasks, void (*fn)(void*, int), void* ctx) {
+        thread_local bool calling = false;  // this thread is the caller of a running region
+        if (calling) return false;
         std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
         if (!busy.owns_lock()) return false;
+        calling = true;
+        struct Reset {
+            bool& flag;
+            ~Reset() { flag = false; }
+        } reset{calling};
         const int helpers = std::min(ntasks, threads()) - 1;
         ensure_workers(helpers);
         Region region;

@@ -167,3 +167,29 @@ def test_training_is_bitwise_equal_whatever_the_thread_count(isa):
         assert h == h1, threads
         assert all(np.array_equal(a, b) for a, b in zip(w, w1)), threads
         assert np.array_equal(p, p1), threads
+
+
+def _train_narrow(threads, verbose_steps):
+    """The seed's shape on the narrow path, several shuffled epochs: with more than one thread the
+    next epoch's order is computed ahead on another thread. verbose_steps trains batch by batch."""
+    _core.set_num_threads(threads)
+    fastmlp.utils.set_random_seed(5)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1000, 2)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[(x[:, 0] * x[:, 1] <= 0).astype(int)]
+    model = Sequential([Dense(4, activation="relu", input_dim=2), Dense(4, activation="relu"),
+                        Dense(2, activation="softmax")])
+    model.compile(loss="binary_crossentropy", optimizer=fastmlp.optimizers.SGD(decay=0.001, momentum=0.99))
+    callbacks = [fastmlp.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: None)] if verbose_steps else []
+    history = model.fit(x, y, epochs=4, batch_size=100, verbose=0, callbacks=callbacks)
+    # A second fit continues the shuffle stream: its first epoch's order was computed ahead.
+    history2 = model.fit(x, y, epochs=2, batch_size=100, verbose=0)
+    return model.get_weights(), history.history, history2.history
+
+
+def test_narrow_training_is_bitwise_equal_whatever_the_thread_count():
+    w1, h1, g1 = _train_narrow(1, False)
+    for threads, by_batch in ((2, False), (3, False), (2, True)):
+        w, h, g = _train_narrow(threads, by_batch)
+        assert h == h1 and g == g1, threads
+        assert all(np.array_equal(a, b) for a, b in zip(w, w1)), threads
