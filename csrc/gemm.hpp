@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -118,6 +119,8 @@ constexpr index_t kMC = FASTMLP_GEMM_MC;
 constexpr index_t kNC = FASTMLP_GEMM_NC;
 // Below this many multiply-adds a product runs in the calling thread (a pool wake-up costs more).
 constexpr index_t kParallelMacs = index_t(1) << 18;
+// The largest A (M * K elements, 4 MB of float) packed once and shared by the threads.
+constexpr index_t kSharedPackA = index_t(1) << 20;
 
 // Pack A(m0 + i, p0 + p) for i < mc, p < kc into micro-panels of kMR rows: panel r holds
 // (kc, kMR) p-major; rows past mc are zero. Dst (round_up(mc, kMR) * kc) is overwritten.
@@ -210,19 +213,33 @@ inline void micro_kernel(index_t kc, const T* __restrict Ap, const T* __restrict
 // The packing buffers of the calling thread, grown as needed and kept for the next product.
 template <typename T>
 inline T* gemm_buffer(int which, index_t n) {
-    thread_local std::vector<T> buffers[3];  // packed A, packed B, a transposed product
+    thread_local std::vector<T> buffers[4];  // packed A, packed B, a transposed product, shared packed A
     std::vector<T>& b = buffers[which];
     if (static_cast<index_t>(b.size()) < n) b.resize(n);
     return b.data();
 }
 
-// The rows [m0, m1) and columns [n0, n1) of the product, in the calling thread.
+// K in equal blocks of at most kKC (1100 = 367 + 367 + 366, not 512 + 512 + 76): (blocks, step).
+inline std::pair<index_t, index_t> k_blocking(index_t K) {
+    const index_t kblocks = std::max<index_t>(1, (K + kKC - 1) / kKC);
+    return {kblocks, (K + kblocks - 1) / kblocks};
+}
+
+// All of A packed once, for threads that split the columns of one product: the block of K block pb
+// and rows [ib kMC, (ib + 1) kMC) at data + (pb * iblocks + ib) * stride, as pack_a lays it out.
 template <typename T>
-void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_t n1) {
+struct PackedA {
+    const T* data = nullptr;
+    index_t iblocks = 0, stride = 0;
+};
+
+// The rows [m0, m1) and columns [n0, n1) of the product, in the calling thread; A from `shared`
+// when given (then m0 = 0), packed here otherwise.
+template <typename T>
+void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_t n1,
+                const PackedA<T>* shared = nullptr) {
     constexpr index_t NR = gemm_nr<T>();
-    // K in equal blocks of at most kKC (1100 = 367 + 367 + 366, not 512 + 512 + 76).
-    const index_t kblocks = std::max<index_t>(1, (g.K + kKC - 1) / kKC);
-    const index_t kstep = (g.K + kblocks - 1) / kblocks;
+    const auto [kblocks, kstep] = k_blocking(g.K);
     for (index_t jc = n0; jc < n1; jc += kNC) {
         const index_t nc = std::min(kNC, n1 - jc);
         for (index_t pb = 0; pb < kblocks; ++pb) {
@@ -233,8 +250,14 @@ void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_
             pack_b(Bp, g.B + pc * g.brs + jc * g.bcs, g.brs, g.bcs, kc, nc);
             for (index_t ic = m0; ic < m1; ic += kMC) {
                 const index_t mc = std::min(kMC, m1 - ic);
-                T* Ap = gemm_buffer<T>(0, round_up(kMC, kMR) * kstep);
-                pack_a(Ap, g.A + ic * g.ars + pc * g.acs, g.ars, g.acs, mc, kc);
+                const T* Ap;
+                if (shared) {
+                    Ap = shared->data + (pb * shared->iblocks + ic / kMC) * shared->stride;
+                } else {
+                    T* own = gemm_buffer<T>(0, round_up(kMC, kMR) * kstep);
+                    pack_a(own, g.A + ic * g.ars + pc * g.acs, g.ars, g.acs, mc, kc);
+                    Ap = own;
+                }
                 for (index_t jr = 0; jr < nc; jr += NR) {
                     const index_t cols = std::min(NR, nc - jr);
                     const T* bias = last && g.bias ? g.bias + jc + jr : nullptr;
@@ -361,10 +384,26 @@ void gemm(T* C, index_t ldc, const T* A, index_t ars, index_t acs, const T* B, i
     const bool by_cols = col_panels >= 4 * threads || col_panels >= row_panels;
     const index_t panels = by_cols ? col_panels : row_panels;
     const int tasks = static_cast<int>(std::min<index_t>(threads, panels));
+    // Column strips all read the whole of A: unless it is large, pack it once, the blocks split
+    // over the threads, instead of once per thread (at 512^3 that packing is 5 % of the product).
+    PackedA<T> shared;
+    if (by_cols && tasks > 1 && M * K <= kSharedPackA) {
+        const auto [kblocks, kstep] = k_blocking(K);
+        shared.iblocks = (M + kMC - 1) / kMC;
+        shared.stride = round_up(kMC, kMR) * kstep;
+        T* buf = gemm_buffer<T>(3, kblocks * shared.iblocks * shared.stride);
+        parallel_for(static_cast<int>(kblocks * shared.iblocks), [&](int block) {
+            const index_t pb = block / shared.iblocks, ib = block % shared.iblocks;
+            const index_t pc = pb * kstep, ic = ib * kMC;
+            pack_a(buf + block * shared.stride, A + ic * ars + pc * acs, ars, acs, std::min(kMC, M - ic),
+                   std::min(kstep, K - pc));
+        });
+        shared.data = buf;
+    }
     parallel_for(tasks, [&](int t) {
         const index_t lo = panels * t / tasks, hi = panels * (t + 1) / tasks;
         if (by_cols)
-            gemm_block(g, 0, M, lo * NR, std::min(N, hi * NR));
+            gemm_block(g, 0, M, lo * NR, std::min(N, hi * NR), shared.data ? &shared : nullptr);
         else
             gemm_block(g, lo * kMR, std::min(M, hi * kMR), 0, N);
     });
