@@ -56,6 +56,36 @@ std::optional<carray<T>> sample_weights(py::handle w, index_t n) {
     return a;
 }
 
+// A batch normalization's settings from a spec field: None (none) or a dict of momentum, epsilon,
+// center, scale, gamma_l1, gamma_l2, beta_l1, beta_l2 (each optional) and, when `act` is given,
+// activation (the one after it). Unknown keys are refused.
+BatchNormSpec batchnorm_spec(py::handle h, Act* act) {
+    BatchNormSpec bn;
+    if (h.is_none()) return bn;
+    if (!py::isinstance<py::dict>(h))
+        throw std::invalid_argument("A layer spec's batch normalization field is None or a dict; received " +
+                                    std::string(py::str(py::type::of(h).attr("__name__"))) + ".");
+    bn.on = true;
+    for (const auto& item : py::reinterpret_borrow<py::dict>(h)) {
+        const std::string key = py::str(item.first);
+        const py::handle v = item.second;
+        if (key == "momentum") bn.momentum = v.cast<double>();
+        else if (key == "epsilon") bn.epsilon = v.cast<double>();
+        else if (key == "center") bn.center = v.cast<bool>();
+        else if (key == "scale") bn.scale = v.cast<bool>();
+        else if (key == "gamma_l1") bn.gamma_l1 = v.cast<double>();
+        else if (key == "gamma_l2") bn.gamma_l2 = v.cast<double>();
+        else if (key == "beta_l1") bn.beta_l1 = v.cast<double>();
+        else if (key == "beta_l2") bn.beta_l2 = v.cast<double>();
+        else if (key == "activation" && act) *act = parse_act(v.cast<std::string>());
+        else
+            throw std::invalid_argument("Unknown batch normalization setting '" + key + "'. Expected momentum, epsilon, "
+                                        "center, scale, gamma_l1, gamma_l2, beta_l1, beta_l2" +
+                                        (act ? std::string(" or activation.") : std::string(".")));
+    }
+    return bn;
+}
+
 template <typename T>
 void bind_engine(py::module_& m, const char* name) {
     using E = EngineBase<T>;
@@ -63,11 +93,12 @@ void bind_engine(py::module_& m, const char* name) {
         .def(py::init([](const std::vector<py::tuple>& specs, const std::string& loss,
                          const std::vector<std::string>& metrics, const py::dict& optimizer, const std::string& isa) {
                  // Each layer: (in, out, activation, use_bias[, kernel_l1, kernel_l2, bias_l1, bias_l2
-                 // [, dropout rate on its input, dropout seed]]).
+                 // [, dropout rate on its input, dropout seed[, input batch normalization, output batch
+                 // normalization]]]), each batch normalization None or a dict (batchnorm_spec).
                  std::vector<LayerSpec> layers;
                  for (const py::tuple& t : specs) {
-                     if (t.size() != 4 && t.size() != 8 && t.size() != 10)
-                         throw std::invalid_argument("A layer spec has 4, 8 or 10 fields; received " +
+                     if (t.size() != 4 && t.size() != 8 && t.size() != 10 && t.size() != 12)
+                         throw std::invalid_argument("A layer spec has 4, 8, 10 or 12 fields; received " +
                                                      std::to_string(t.size()) + ".");
                      LayerSpec spec{t[0].cast<index_t>(), t[1].cast<index_t>(), parse_act(t[2].cast<std::string>()),
                                     t[3].cast<bool>()};
@@ -77,9 +108,13 @@ void bind_engine(py::module_& m, const char* name) {
                          spec.bias_l1 = t[6].cast<double>();
                          spec.bias_l2 = t[7].cast<double>();
                      }
-                     if (t.size() == 10) {
+                     if (t.size() >= 10) {
                          spec.dropout = t[8].cast<double>();
                          spec.dropout_seed = t[9].cast<std::uint64_t>();
+                     }
+                     if (t.size() == 12) {
+                         spec.bn_in = batchnorm_spec(t[10], nullptr);
+                         spec.bn_out = batchnorm_spec(t[11], &spec.bn_act);
                      }
                      layers.push_back(spec);
                  }
@@ -106,6 +141,19 @@ void bind_engine(py::module_& m, const char* name) {
             const T* v = values.data();
             locked(e, [&] { std::copy(v, v + e.params().size(), e.params().begin()); });
         }, "Overwrite the parameter arena, between training steps.")
+        .def("moving_copy", [](E& e) {
+            py::array_t<T> out(static_cast<index_t>(e.moving().size()));
+            T* o = out.mutable_data();
+            locked(e, [&] { std::copy(e.moving().begin(), e.moving().end(), o); });
+            return out;
+        }, "A copy of the batch normalizations' moving statistics, taken between training steps.")
+        .def("set_moving", [](E& e, const carray<T>& values) {
+            if (values.size() != static_cast<index_t>(e.moving().size()))
+                throw std::invalid_argument("set_moving needs " + std::to_string(e.moving().size()) +
+                                            " values; received " + std::to_string(values.size()) + ".");
+            const T* v = values.data();
+            locked(e, [&] { std::copy(v, v + e.moving().size(), e.moving().begin()); });
+        }, "Overwrite the moving statistics, between training steps.")
         .def_property_readonly("params", [](py::object self) {
             E& e = self.cast<E&>();
             return arena_view(e.params(), 0, {static_cast<index_t>(e.params().size())}, self);
@@ -123,19 +171,38 @@ void bind_engine(py::module_& m, const char* name) {
             return arena_view(e.second(), 0, {static_cast<index_t>(e.second().size())}, self);
         })
         .def("weight_views", [](py::object self, const std::string& arena) {
-            // [kernel, bias] views per layer, into params, grads or velocity.
+            // Views of the trainable weights in Keras's order, into params, grads, velocity or second:
+            // per layer its input batch normalization's [gamma, beta], [kernel, bias], its output
+            // batch normalization's [gamma, beta] (those it has). "moving": the batch normalizations'
+            // [moving_mean, moving_variance], in the same order.
             E& e = self.cast<E&>();
-            if (arena != "params" && arena != "grads" && arena != "velocity" && arena != "second")
-                throw std::invalid_argument("Unknown arena '" + arena + "'. Expected params, grads, velocity or second.");
+            if (arena != "params" && arena != "grads" && arena != "velocity" && arena != "second" && arena != "moving")
+                throw std::invalid_argument("Unknown arena '" + arena +
+                                            "'. Expected params, grads, velocity, second or moving.");
             std::vector<T>& a = arena == "params" ? e.params() : arena == "grads" ? e.grads()
                                 : arena == "velocity"                           ? e.velocity()
-                                                                                : e.second();
-            if (a.empty()) return py::list();  // this optimizer keeps no such state
+                                : arena == "second"                             ? e.second()
+                                                                                : e.moving();
+            if (a.empty()) return py::list();  // this optimizer keeps no such state, or no batch normalization
             py::list out;
+            const bool moving = arena == "moving";
+            auto batchnorm = [&](std::size_t l, bool input, index_t n) {
+                const auto& off = e.bn_offsets(l, input);
+                if (moving && off.moving >= 0) {
+                    out.append(arena_view(a, off.moving, {n}, self));
+                    out.append(arena_view(a, off.moving + n, {n}, self));
+                }
+                if (!moving && off.gamma >= 0) out.append(arena_view(a, off.gamma, {n}, self));
+                if (!moving && off.beta >= 0) out.append(arena_view(a, off.beta, {n}, self));
+            };
             for (std::size_t l = 0; l < e.layers().size(); ++l) {
                 const LayerSpec& s = e.layers()[l];
-                out.append(arena_view(a, e.kernel_offset(l), {s.in, s.out}, self));
-                if (s.use_bias) out.append(arena_view(a, e.bias_offset(l), {s.out}, self));
+                batchnorm(l, true, s.in);
+                if (!moving) {
+                    out.append(arena_view(a, e.kernel_offset(l), {s.in, s.out}, self));
+                    if (s.use_bias) out.append(arena_view(a, e.bias_offset(l), {s.out}, self));
+                }
+                batchnorm(l, false, s.out);
             }
             return out;
         })
