@@ -12,6 +12,7 @@
 #include <string>
 #include <tuple>
 
+#include "batchnorm.hpp"
 #include "bindings_common.hpp"
 #include "dense.hpp"
 #include "dropout.hpp"
@@ -79,8 +80,9 @@ BatchNormSpec batchnorm_spec(py::handle h, Act* act) {
         else if (key == "beta_l2") bn.beta_l2 = v.cast<double>();
         else if (key == "activation" && act) *act = parse_act(v.cast<std::string>());
         else
-            throw std::invalid_argument("Unknown batch normalization setting '" + key + "'. Expected momentum, epsilon, "
-                                        "center, scale, gamma_l1, gamma_l2, beta_l1, beta_l2" +
+            throw std::invalid_argument("Unknown batch normalization setting '" + key +
+                                        "'. Expected momentum, epsilon, center, scale, gamma_l1, gamma_l2, beta_l1, "
+                                        "beta_l2" +
                                         (act ? std::string(" or activation.") : std::string(".")));
     }
     return bn;
@@ -414,6 +416,92 @@ py::tuple act_z_impl(py::handle zh, py::handle dh, const std::string& act_name) 
     return py::make_tuple(a, dz);
 }
 
+// A per-feature (N,) array, or None for an absent gamma or beta.
+template <typename T>
+std::optional<carray<T>> feature_array(py::handle h, const char* name, index_t N, bool optional) {
+    if (optional && h.is_none()) return std::nullopt;
+    auto a = as_array<T>(h, name, 1);
+    if (a.size() != N)
+        throw std::invalid_argument(std::string(name) + " must have one value per feature (" + std::to_string(N) +
+                                    "); received " + std::to_string(a.size()) + ".");
+    return a;
+}
+
+template <typename T>
+const T* data_or_null(const std::optional<carray<T>>& a) {
+    return a ? a->data() : nullptr;
+}
+
+template <typename T>
+py::tuple batchnorm_train_impl(py::handle xh, py::handle gh, py::handle bh, double eps, bool naive) {
+    auto x = as_array<T>(xh, "x", 2);
+    const index_t B = x.shape(0), N = x.shape(1);
+    require(B > 0 && eps > 0, "batchnorm_forward_train needs at least one row and epsilon > 0.");
+    const auto gamma = feature_array<T>(gh, "gamma", N, true);
+    const auto beta = feature_array<T>(bh, "beta", N, true);
+    carray<T> y({B, N}), xhat({B, N});
+    carray<T> mean(std::vector<index_t>{N}), var(std::vector<index_t>{N}), inv(std::vector<index_t>{N});
+    if (naive) {
+        batchnorm_forward_train_naive(y.mutable_data(), xhat.mutable_data(), mean.mutable_data(), var.mutable_data(),
+                                      inv.mutable_data(), x.data(), data_or_null(gamma), data_or_null(beta), B, N, eps);
+    } else {
+        std::vector<double> work;
+        batchnorm_forward_train(y.mutable_data(), xhat.mutable_data(), mean.mutable_data(), var.mutable_data(),
+                                inv.mutable_data(), x.data(), data_or_null(gamma), data_or_null(beta), B, N, eps, work);
+    }
+    return py::make_tuple(y, xhat, mean, var, inv);
+}
+
+template <typename T>
+py::object batchnorm_infer_impl(py::handle xh, py::handle mh, py::handle vh, py::handle gh, py::handle bh, double eps) {
+    auto x = as_array<T>(xh, "x", 2);
+    const index_t B = x.shape(0), N = x.shape(1);
+    require(eps > 0, "batchnorm_forward_infer needs epsilon > 0.");
+    const auto mean = feature_array<T>(mh, "moving_mean", N, false);
+    const auto var = feature_array<T>(vh, "moving_variance", N, false);
+    const auto gamma = feature_array<T>(gh, "gamma", N, true);
+    const auto beta = feature_array<T>(bh, "beta", N, true);
+    carray<T> y({B, N});
+    std::vector<T> inv;
+    batchnorm_forward_infer(y.mutable_data(), x.data(), mean->data(), var->data(), data_or_null(gamma),
+                            data_or_null(beta), B, N, eps, inv);
+    return std::move(y);
+}
+
+template <typename T>
+py::tuple batchnorm_backward_impl(py::handle dyh, py::handle xhath, py::handle gh, py::handle invh, bool naive) {
+    auto dy = as_array<T>(dyh, "dy", 2);
+    const index_t B = dy.shape(0), N = dy.shape(1);
+    auto xhat = as_array<T>(xhath, "xhat", 2);
+    if (rows_of(xhat, "xhat", N) != B) throw std::invalid_argument("xhat must have dy's shape.");
+    const auto gamma = feature_array<T>(gh, "gamma", N, true);
+    const auto inv = feature_array<T>(invh, "inv", N, false);
+    carray<T> dx({B, N}), dgamma(std::vector<index_t>{N}), dbeta(std::vector<index_t>{N});
+    if (naive) {
+        batchnorm_backward_naive(dx.mutable_data(), dgamma.mutable_data(), dbeta.mutable_data(), dy.data(), xhat.data(),
+                                 data_or_null(gamma), inv->data(), B, N);
+    } else {
+        std::vector<double> work;
+        batchnorm_backward(dx.mutable_data(), dgamma.mutable_data(), dbeta.mutable_data(), dy.data(), xhat.data(),
+                           data_or_null(gamma), inv->data(), B, N, work);
+    }
+    return py::make_tuple(dx, dgamma, dbeta);
+}
+
+template <typename T>
+py::tuple batchnorm_moving_impl(py::handle mh, py::handle vh, py::handle bmh, py::handle bvh, double momentum) {
+    auto mean = as_array<T>(mh, "moving_mean", 1);
+    const index_t N = mean.size();
+    const auto var = feature_array<T>(vh, "moving_variance", N, false);
+    const auto batch_mean = feature_array<T>(bmh, "mean", N, false);
+    const auto batch_var = feature_array<T>(bvh, "var", N, false);
+    carray<T> m(std::vector<index_t>{N}), v(std::vector<index_t>{N});
+    std::copy(mean.data(), mean.data() + N, m.mutable_data());
+    std::copy(var->data(), var->data() + N, v.mutable_data());
+    batchnorm_update_moving(m.mutable_data(), v.mutable_data(), batch_mean->data(), batch_var->data(), N, momentum);
+    return py::make_tuple(m, v);
+}
+
 template <typename T>
 double accuracy_sum_impl(py::handle ph, py::handle yh, const std::string& metric) {
     const MetricKind kind = parse_metric(metric);
@@ -528,6 +616,29 @@ void bind_kernels(py::module_& k) {
         return out;
     }, py::arg("rows"), py::arg("cols"), py::arg("rate"), py::arg("seed"), py::arg("iteration"), py::arg("lanes") = 0,
        "The dropout mask (1: kept) of a (rows, cols) input at update `iteration` (csrc/dropout.hpp).");
+    k.def("batchnorm_forward_train", [](py::handle x, py::handle gamma, py::handle beta, double epsilon, bool naive) {
+        return is_f64(x) ? batchnorm_train_impl<double>(x, gamma, beta, epsilon, naive)
+                         : batchnorm_train_impl<float>(x, gamma, beta, epsilon, naive);
+    }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("epsilon"), py::arg("naive") = false,
+       "(y, xhat, mean, var, inv): batch normalization of x (B, N) with the batch's statistics "
+       "(csrc/batchnorm.hpp); gamma, beta (N,) or None.");
+    k.def("batchnorm_forward_infer", [](py::handle x, py::handle moving_mean, py::handle moving_variance,
+                                        py::handle gamma, py::handle beta, double epsilon) {
+        return is_f64(x) ? batchnorm_infer_impl<double>(x, moving_mean, moving_variance, gamma, beta, epsilon)
+                         : batchnorm_infer_impl<float>(x, moving_mean, moving_variance, gamma, beta, epsilon);
+    }, py::arg("x"), py::arg("moving_mean"), py::arg("moving_variance"), py::arg("gamma"), py::arg("beta"),
+       py::arg("epsilon"), "Batch normalization of x (B, N) with the moving statistics.");
+    k.def("batchnorm_backward", [](py::handle dy, py::handle xhat, py::handle gamma, py::handle inv, bool naive) {
+        return is_f64(dy) ? batchnorm_backward_impl<double>(dy, xhat, gamma, inv, naive)
+                          : batchnorm_backward_impl<float>(dy, xhat, gamma, inv, naive);
+    }, py::arg("dy"), py::arg("xhat"), py::arg("gamma"), py::arg("inv"), py::arg("naive") = false,
+       "(dx, dgamma, dbeta) from dy = dL/dy of batchnorm_forward_train, given its xhat and inv.");
+    k.def("batchnorm_update_moving", [](py::handle moving_mean, py::handle moving_variance, py::handle mean,
+                                        py::handle var, double momentum) {
+        return is_f64(moving_mean) ? batchnorm_moving_impl<double>(moving_mean, moving_variance, mean, var, momentum)
+                                   : batchnorm_moving_impl<float>(moving_mean, moving_variance, mean, var, momentum);
+    }, py::arg("moving_mean"), py::arg("moving_variance"), py::arg("mean"), py::arg("var"), py::arg("momentum"),
+       "The moving statistics after a training step: (moving * momentum + batch * (1 - momentum)) each.");
     k.def("accuracy_sum", [](py::handle p, py::handle y, const std::string& metric) {
         return is_f64(p) ? accuracy_sum_impl<double>(p, y, metric) : accuracy_sum_impl<float>(p, y, metric);
     }, py::arg("p"), py::arg("y"), py::arg("metric"));

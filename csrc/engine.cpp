@@ -120,10 +120,10 @@ double Engine<T>::penalties(bool add_gradients) {
             const auto& off = (input ? bn_in_off_ : bn_out_off_)[l];
             const index_t N = input ? s.in : s.out;
             if (off.gamma >= 0)
-                total += weight_penalty(params_.data() + off.gamma, add_gradients ? grads_.data() + off.gamma : nullptr,
-                                        N, bn.gamma_l1, bn.gamma_l2);
+                total += weight_penalty(params_.data() + off.gamma, add_gradients ? grad_or_null(off.gamma) : nullptr, N,
+                                        bn.gamma_l1, bn.gamma_l2);
             if (off.beta >= 0)
-                total += weight_penalty(params_.data() + off.beta, add_gradients ? grads_.data() + off.beta : nullptr, N,
+                total += weight_penalty(params_.data() + off.beta, add_gradients ? grad_or_null(off.beta) : nullptr, N,
                                         bn.beta_l1, bn.beta_l2);
         }
     }
@@ -136,8 +136,9 @@ double Engine<T>::penalties(bool add_gradients) {
 template <typename T>
 void Engine<T>::infer_batchnorm(const BatchNormSpec& bn, const BatchNormOffsets& off, T* Y, const T* X, index_t B,
                                 index_t N) {
-    batchnorm_forward_infer(Y, X, moving_.data() + off.moving, moving_.data() + off.moving + N, param_or_null(off.gamma),
-                            param_or_null(off.beta), B, N, bn.epsilon, bn_inv_);
+    const T* mean = moving_.data() + off.moving;
+    batchnorm_forward_infer(Y, X, mean, mean + N, param_or_null(off.gamma), param_or_null(off.beta), B, N, bn.epsilon,
+                            bn_inv_);
 }
 
 template <typename T>
@@ -302,14 +303,17 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
             act_backward_row_z(act, zs_[l].data(), d, B * s.out);
             act = Act::Linear;
         }
-        const T* in = s.bn_in.on ? bn_in_[l].y.data() : s.dropout > 0 ? dropped_[l].data() : l == 0 ? X
-                                                                                                   : acts_[l - 1].data();
+        const T* in = s.bn_in.on      ? bn_in_[l].y.data()
+                      : s.dropout > 0 ? dropped_[l].data()
+                      : l == 0        ? X
+                                      : acts_[l - 1].data();
         T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
         // The first layer's input gradient is needed only for its input batch normalization's gamma and beta.
         const bool need_dx = l > 0 || (s.bn_in.on && (s.bn_in.center || s.bn_in.scale));
         dense_backward(need_dx ? d_prev : nullptr, grads_.data() + w_off_[l], db, d, in, params_.data() + w_off_[l],
                        a, B, s.in, s.out, act, scratch_);
-        if (need_dx && s.bn_in.on) backprop_batchnorm(bn_in_off_[l], bn_in_[l], l > 0 ? d_prev : nullptr, d_prev, B, s.in);
+        if (need_dx && s.bn_in.on)
+            backprop_batchnorm(bn_in_off_[l], bn_in_[l], l > 0 ? d_prev : nullptr, d_prev, B, s.in);
         if (l > 0 && s.dropout > 0) dropout_backward(d_prev, masks_[l].data(), B * s.in, s.dropout);
         std::swap(d, d_prev);
     }

@@ -84,7 +84,7 @@ class Sequential:
         self._dropouts = {}  # Dense index -> the Dropout on that Dense's input
         self._bn_in = {}  # Dense index -> the BatchNormalization of that Dense's input (after its Dropout)
         self._bn_out = {}  # Dense index -> the BatchNormalization of that Dense's (activated) output
-        self._bn_activations = {}  # Dense index -> activation of an Activation layer after its output's BatchNormalization
+        self._bn_activations = {}  # Dense index -> activation of an Activation after its output's BatchNormalization
         self._input_layer = None
         self._floatx = None  # the float type of a loaded model, else backend.floatx() at build/compile
         self._fit_lock = threading.Lock()  # one fit at a time; other calls are serialized natively
@@ -163,6 +163,10 @@ class Sequential:
                 self._all_layers.append(layer)
                 self._engine = None
                 return
+            if last in self._bn_out and len(self._layers) not in self._dropouts:
+                raise ValueError(f"Activation({layer.activation!r}) follows Activation("
+                                 f"{self._bn_activations[last]!r}) after BatchNormalization "
+                                 f"{self._bn_out[last].name!r}: fastmlp takes one activation there.")
             if len(self._layers) in self._bn_in:
                 raise ValueError(f"Activation({layer.activation!r}) after BatchNormalization "
                                  f"{self._bn_in[len(self._layers)].name!r} on the model input or after a Dropout is "
@@ -221,8 +225,8 @@ class Sequential:
                              "Dense layer between them: fastmlp takes one in a row.")
         width = self._layers[-1].units if self._layers else self._input_dim
         if layer.input_dim is not None and width is not None and layer.input_dim != width:
-            raise ValueError(f"Layer {layer.name!r} declares input_shape=({layer.input_dim},) but its input has {width} "
-                             "features.")
+            raise ValueError(f"Layer {layer.name!r} declares input_shape=({layer.input_dim},) but its input has "
+                             f"{width} features.")
         if width is None:
             self._input_dim = width = layer.input_dim
         if self._layers and i not in self._dropouts:
@@ -334,10 +338,6 @@ class Sequential:
         if len(self._layers) in self._dropouts:
             raise ValueError(f"Dropout {self._dropouts[len(self._layers)].name!r} follows the output layer: fastmlp "
                              "drops the inputs of the next Dense layer, so a Dropout must come before a Dense.")
-        if len(self._layers) in self._bn_in:
-            raise ValueError(f"BatchNormalization {self._bn_in[len(self._layers)].name!r} follows a Dropout after the "
-                             "output layer: there it normalizes the input of a next Dense layer, so add one, or put "
-                             "the BatchNormalization before the Dropout.")
 
         def coefficients(regularizer):
             return (regularizer.l1, regularizer.l2) if regularizer is not None else (0.0, 0.0)
@@ -831,8 +831,9 @@ class Sequential:
             start += k
         if self._engine is not None:  # one copy into each arena, between training steps
             dtype = self._dtype()
-            trainable = [np.asarray(v, dtype).ravel() for layer, ws in checked for v in ws[:len(layer.trainable_weights)]]
-            moving = [np.asarray(v, dtype).ravel() for layer, ws in checked for v in ws[len(layer.trainable_weights):]]
+            split = [(ws[:len(layer.trainable_weights)], ws[len(layer.trainable_weights):]) for layer, ws in checked]
+            trainable = [np.asarray(v, dtype).ravel() for ws, _ in split for v in ws]
+            moving = [np.asarray(v, dtype).ravel() for _, ws in split for v in ws]
             self._engine.set_params(np.concatenate(trainable))
             if moving:
                 self._engine.set_moving(np.concatenate(moving))

@@ -10,11 +10,12 @@ A ``.keras`` file is a zip of three members, as Keras 3 writes it:
 - ``model.weights.h5`` (HDF5, written with h5py): each layer's variables at
   ``layers/<name>/vars/<i>``, where <name> is the layer's class in snake case numbered per class
   (``dense``, ``dense_1``, ``flatten``, ``batch_normalization``), not the layer's own name (a
-  BatchNormalization's vars: gamma, beta, moving_mean, moving_variance, those it has); the optimizer's at
-  ``optimizer/vars/<i>``: ``iterations``, ``learning_rate`` (absent with a schedule), then its slots
-  (per trainable weight: not for the moving statistics) in Keras's order (SGD with momentum: one momentum per weight; Adam and AdamW: momentum and
-  velocity per weight, interleaved; RMSprop: every velocity, then every momentum when
-  ``momentum > 0``; Adagrad: one accumulator per weight).
+  BatchNormalization's vars: gamma, beta, moving_mean, moving_variance, those it has); the
+  optimizer's at ``optimizer/vars/<i>``: ``iterations``, ``learning_rate`` (absent with a
+  schedule), then its slots in Keras's order, per trainable weight (the moving statistics have
+  none): SGD with momentum: one momentum per weight; Adam and AdamW: momentum and velocity per
+  weight, interleaved; RMSprop: every velocity, then every momentum when ``momentum > 0``;
+  Adagrad: one accumulator per weight.
 
 ``.weights.h5`` files (``save_weights``) hold the same HDF5 content on their own. fastmlp adds its
 shuffling state (the model's shuffle seed and epochs begun) as the ``fastmlp`` attribute of the
