@@ -119,12 +119,13 @@ double Engine<T>::penalties(bool add_gradients) {
             const BatchNormSpec& bn = input ? s.bn_in : s.bn_out;
             const auto& off = (input ? bn_in_off_ : bn_out_off_)[l];
             const index_t N = input ? s.in : s.out;
-            if (off.gamma >= 0)
-                total += weight_penalty(params_.data() + off.gamma, add_gradients ? grad_or_null(off.gamma) : nullptr, N,
-                                        bn.gamma_l1, bn.gamma_l2);
-            if (off.beta >= 0)
-                total += weight_penalty(params_.data() + off.beta, add_gradients ? grad_or_null(off.beta) : nullptr, N,
-                                        bn.beta_l1, bn.beta_l2);
+            const auto penalty = [&](index_t offset, double l1, double l2) {
+                if (offset >= 0)
+                    total += weight_penalty(params_.data() + offset, add_gradients ? grads_.data() + offset : nullptr,
+                                            N, l1, l2);
+            };
+            penalty(off.gamma, bn.gamma_l1, bn.gamma_l2);
+            penalty(off.beta, bn.beta_l1, bn.beta_l2);
         }
     }
     return total;

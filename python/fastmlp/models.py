@@ -372,7 +372,9 @@ class Sequential:
         engine.set_loss_options(**self._loss._engine_options())
         if any(args["weighted"]):
             engine.set_weighted_metrics(args["weighted"])
-        trainable, moving = iter(engine.weight_views("params")), iter(engine.weight_views("moving"))
+        # (Only the engines that run BatchNormalization know the "moving" arena.)
+        trainable = iter(engine.weight_views("params"))
+        moving = iter(engine.weight_views("moving") if self._batchnorms else [])
         for layer in self._all_layers:
             if layer.weights:
                 layer._adopt_views(trainable, moving)
@@ -801,7 +803,8 @@ class Sequential:
         if self._engine is None:
             return [np.array(w) for w in self.weights]
         # The arenas hold the trainable weights, and the moving statistics, in this order, back to back.
-        arenas = {True: [self._engine.params_copy(), 0], False: [self._engine.moving_copy(), 0]}
+        arenas = {True: [self._engine.params_copy(), 0],
+                  False: [self._engine.moving_copy() if self._batchnorms else None, 0]}
         out = []
         for layer in self._all_layers:
             for trainable, ws in ((True, layer.trainable_weights), (False, layer.non_trainable_weights)):
