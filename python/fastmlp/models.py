@@ -84,7 +84,7 @@ class Sequential:
         self._dropouts = {}  # Dense index -> the Dropout on that Dense's input
         self._bn_in = {}  # Dense index -> the BatchNormalization of that Dense's input (after its Dropout)
         self._bn_out = {}  # Dense index -> the BatchNormalization of that Dense's (activated) output
-        self._bn_activations = {}  # Dense index -> activation of an Activation after its output's BatchNormalization
+        self._bn_activations = {}  # Dense index -> activation of an Activation after its output's normalization
         self._input_layer = None
         self._floatx = None  # the float type of a loaded model, else backend.floatx() at build/compile
         self._fit_lock = threading.Lock()  # one fit at a time; other calls are serialized natively
@@ -184,8 +184,8 @@ class Sequential:
             return
         if not isinstance(layer, Dense):
             raise TypeError(
-                "Only fastmlp.layers Dense, Activation, Dropout and Flatten layers (and an Input first) can be added "
-                f"to a Sequential model. Received: {layer!r}"
+                "Only fastmlp.layers Dense, Activation, Dropout, BatchNormalization and Flatten layers (and an Input "
+                f"first) can be added to a Sequential model. Received: {layer!r}"
             )
         self._claim(layer)
         if self._layers and layer.input_dim is not None and layer.input_dim != self._layers[-1].units:
