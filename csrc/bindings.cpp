@@ -12,6 +12,7 @@
 #include <string>
 #include <tuple>
 
+#include "batchnorm.hpp"
 #include "bindings_common.hpp"
 #include "dense.hpp"
 #include "dropout.hpp"
@@ -56,6 +57,37 @@ std::optional<carray<T>> sample_weights(py::handle w, index_t n) {
     return a;
 }
 
+// A batch normalization's settings from a spec field: None (none) or a dict of momentum, epsilon,
+// center, scale, gamma_l1, gamma_l2, beta_l1, beta_l2 (each optional) and, when `act` is given,
+// activation (the one after it). Unknown keys are refused.
+BatchNormSpec batchnorm_spec(py::handle h, Act* act) {
+    BatchNormSpec bn;
+    if (h.is_none()) return bn;
+    if (!py::isinstance<py::dict>(h))
+        throw std::invalid_argument("A layer spec's batch normalization field is None or a dict; received " +
+                                    std::string(py::str(py::type::of(h).attr("__name__"))) + ".");
+    bn.on = true;
+    for (const auto& item : py::reinterpret_borrow<py::dict>(h)) {
+        const std::string key = py::str(item.first);
+        const py::handle v = item.second;
+        if (key == "momentum") bn.momentum = v.cast<double>();
+        else if (key == "epsilon") bn.epsilon = v.cast<double>();
+        else if (key == "center") bn.center = v.cast<bool>();
+        else if (key == "scale") bn.scale = v.cast<bool>();
+        else if (key == "gamma_l1") bn.gamma_l1 = v.cast<double>();
+        else if (key == "gamma_l2") bn.gamma_l2 = v.cast<double>();
+        else if (key == "beta_l1") bn.beta_l1 = v.cast<double>();
+        else if (key == "beta_l2") bn.beta_l2 = v.cast<double>();
+        else if (key == "activation" && act) *act = parse_act(v.cast<std::string>());
+        else
+            throw std::invalid_argument("Unknown batch normalization setting '" + key +
+                                        "'. Expected momentum, epsilon, center, scale, gamma_l1, gamma_l2, beta_l1, "
+                                        "beta_l2" +
+                                        (act ? std::string(" or activation.") : std::string(".")));
+    }
+    return bn;
+}
+
 template <typename T>
 void bind_engine(py::module_& m, const char* name) {
     using E = EngineBase<T>;
@@ -63,11 +95,12 @@ void bind_engine(py::module_& m, const char* name) {
         .def(py::init([](const std::vector<py::tuple>& specs, const std::string& loss,
                          const std::vector<std::string>& metrics, const py::dict& optimizer, const std::string& isa) {
                  // Each layer: (in, out, activation, use_bias[, kernel_l1, kernel_l2, bias_l1, bias_l2
-                 // [, dropout rate on its input, dropout seed]]).
+                 // [, dropout rate on its input, dropout seed[, input batch normalization, output batch
+                 // normalization]]]), each batch normalization None or a dict (batchnorm_spec).
                  std::vector<LayerSpec> layers;
                  for (const py::tuple& t : specs) {
-                     if (t.size() != 4 && t.size() != 8 && t.size() != 10)
-                         throw std::invalid_argument("A layer spec has 4, 8 or 10 fields; received " +
+                     if (t.size() != 4 && t.size() != 8 && t.size() != 10 && t.size() != 12)
+                         throw std::invalid_argument("A layer spec has 4, 8, 10 or 12 fields; received " +
                                                      std::to_string(t.size()) + ".");
                      LayerSpec spec{t[0].cast<index_t>(), t[1].cast<index_t>(), parse_act(t[2].cast<std::string>()),
                                     t[3].cast<bool>()};
@@ -77,9 +110,13 @@ void bind_engine(py::module_& m, const char* name) {
                          spec.bias_l1 = t[6].cast<double>();
                          spec.bias_l2 = t[7].cast<double>();
                      }
-                     if (t.size() == 10) {
+                     if (t.size() >= 10) {
                          spec.dropout = t[8].cast<double>();
                          spec.dropout_seed = t[9].cast<std::uint64_t>();
+                     }
+                     if (t.size() == 12) {
+                         spec.bn_in = batchnorm_spec(t[10], nullptr);
+                         spec.bn_out = batchnorm_spec(t[11], &spec.bn_act);
                      }
                      layers.push_back(spec);
                  }
@@ -106,6 +143,19 @@ void bind_engine(py::module_& m, const char* name) {
             const T* v = values.data();
             locked(e, [&] { std::copy(v, v + e.params().size(), e.params().begin()); });
         }, "Overwrite the parameter arena, between training steps.")
+        .def("moving_copy", [](E& e) {
+            py::array_t<T> out(static_cast<index_t>(e.moving().size()));
+            T* o = out.mutable_data();
+            locked(e, [&] { std::copy(e.moving().begin(), e.moving().end(), o); });
+            return out;
+        }, "A copy of the batch normalizations' moving statistics, taken between training steps.")
+        .def("set_moving", [](E& e, const carray<T>& values) {
+            if (values.size() != static_cast<index_t>(e.moving().size()))
+                throw std::invalid_argument("set_moving needs " + std::to_string(e.moving().size()) +
+                                            " values; received " + std::to_string(values.size()) + ".");
+            const T* v = values.data();
+            locked(e, [&] { std::copy(v, v + e.moving().size(), e.moving().begin()); });
+        }, "Overwrite the moving statistics, between training steps.")
         .def_property_readonly("params", [](py::object self) {
             E& e = self.cast<E&>();
             return arena_view(e.params(), 0, {static_cast<index_t>(e.params().size())}, self);
@@ -123,19 +173,38 @@ void bind_engine(py::module_& m, const char* name) {
             return arena_view(e.second(), 0, {static_cast<index_t>(e.second().size())}, self);
         })
         .def("weight_views", [](py::object self, const std::string& arena) {
-            // [kernel, bias] views per layer, into params, grads or velocity.
+            // Views of the trainable weights in Keras's order, into params, grads, velocity or second:
+            // per layer its input batch normalization's [gamma, beta], [kernel, bias], its output
+            // batch normalization's [gamma, beta] (those it has). "moving": the batch normalizations'
+            // [moving_mean, moving_variance], in the same order.
             E& e = self.cast<E&>();
-            if (arena != "params" && arena != "grads" && arena != "velocity" && arena != "second")
-                throw std::invalid_argument("Unknown arena '" + arena + "'. Expected params, grads, velocity or second.");
+            if (arena != "params" && arena != "grads" && arena != "velocity" && arena != "second" && arena != "moving")
+                throw std::invalid_argument("Unknown arena '" + arena +
+                                            "'. Expected params, grads, velocity, second or moving.");
             std::vector<T>& a = arena == "params" ? e.params() : arena == "grads" ? e.grads()
                                 : arena == "velocity"                           ? e.velocity()
-                                                                                : e.second();
-            if (a.empty()) return py::list();  // this optimizer keeps no such state
+                                : arena == "second"                             ? e.second()
+                                                                                : e.moving();
+            if (a.empty()) return py::list();  // this optimizer keeps no such state, or no batch normalization
             py::list out;
+            const bool moving = arena == "moving";
+            auto batchnorm = [&](std::size_t l, bool input, index_t n) {
+                const auto& off = e.bn_offsets(l, input);
+                if (moving && off.moving >= 0) {
+                    out.append(arena_view(a, off.moving, {n}, self));
+                    out.append(arena_view(a, off.moving + n, {n}, self));
+                }
+                if (!moving && off.gamma >= 0) out.append(arena_view(a, off.gamma, {n}, self));
+                if (!moving && off.beta >= 0) out.append(arena_view(a, off.beta, {n}, self));
+            };
             for (std::size_t l = 0; l < e.layers().size(); ++l) {
                 const LayerSpec& s = e.layers()[l];
-                out.append(arena_view(a, e.kernel_offset(l), {s.in, s.out}, self));
-                if (s.use_bias) out.append(arena_view(a, e.bias_offset(l), {s.out}, self));
+                batchnorm(l, true, s.in);
+                if (!moving) {
+                    out.append(arena_view(a, e.kernel_offset(l), {s.in, s.out}, self));
+                    if (s.use_bias) out.append(arena_view(a, e.bias_offset(l), {s.out}, self));
+                }
+                batchnorm(l, false, s.out);
             }
             return out;
         })
@@ -347,6 +416,92 @@ py::tuple act_z_impl(py::handle zh, py::handle dh, const std::string& act_name) 
     return py::make_tuple(a, dz);
 }
 
+// A per-feature (N,) array, or None for an absent gamma or beta.
+template <typename T>
+std::optional<carray<T>> feature_array(py::handle h, const char* name, index_t N, bool optional) {
+    if (optional && h.is_none()) return std::nullopt;
+    auto a = as_array<T>(h, name, 1);
+    if (a.size() != N)
+        throw std::invalid_argument(std::string(name) + " must have one value per feature (" + std::to_string(N) +
+                                    "); received " + std::to_string(a.size()) + ".");
+    return a;
+}
+
+template <typename T>
+const T* data_or_null(const std::optional<carray<T>>& a) {
+    return a ? a->data() : nullptr;
+}
+
+template <typename T>
+py::tuple batchnorm_train_impl(py::handle xh, py::handle gh, py::handle bh, double eps, bool naive) {
+    auto x = as_array<T>(xh, "x", 2);
+    const index_t B = x.shape(0), N = x.shape(1);
+    require(B > 0 && eps > 0, "batchnorm_forward_train needs at least one row and epsilon > 0.");
+    const auto gamma = feature_array<T>(gh, "gamma", N, true);
+    const auto beta = feature_array<T>(bh, "beta", N, true);
+    carray<T> y({B, N}), xhat({B, N});
+    carray<T> mean(std::vector<index_t>{N}), var(std::vector<index_t>{N}), inv(std::vector<index_t>{N});
+    if (naive) {
+        batchnorm_forward_train_naive(y.mutable_data(), xhat.mutable_data(), mean.mutable_data(), var.mutable_data(),
+                                      inv.mutable_data(), x.data(), data_or_null(gamma), data_or_null(beta), B, N, eps);
+    } else {
+        std::vector<double> work;
+        batchnorm_forward_train(y.mutable_data(), xhat.mutable_data(), mean.mutable_data(), var.mutable_data(),
+                                inv.mutable_data(), x.data(), data_or_null(gamma), data_or_null(beta), B, N, eps, work);
+    }
+    return py::make_tuple(y, xhat, mean, var, inv);
+}
+
+template <typename T>
+py::object batchnorm_infer_impl(py::handle xh, py::handle mh, py::handle vh, py::handle gh, py::handle bh, double eps) {
+    auto x = as_array<T>(xh, "x", 2);
+    const index_t B = x.shape(0), N = x.shape(1);
+    require(eps > 0, "batchnorm_forward_infer needs epsilon > 0.");
+    const auto mean = feature_array<T>(mh, "moving_mean", N, false);
+    const auto var = feature_array<T>(vh, "moving_variance", N, false);
+    const auto gamma = feature_array<T>(gh, "gamma", N, true);
+    const auto beta = feature_array<T>(bh, "beta", N, true);
+    carray<T> y({B, N});
+    std::vector<T> inv;
+    batchnorm_forward_infer(y.mutable_data(), x.data(), mean->data(), var->data(), data_or_null(gamma),
+                            data_or_null(beta), B, N, eps, inv);
+    return std::move(y);
+}
+
+template <typename T>
+py::tuple batchnorm_backward_impl(py::handle dyh, py::handle xhath, py::handle gh, py::handle invh, bool naive) {
+    auto dy = as_array<T>(dyh, "dy", 2);
+    const index_t B = dy.shape(0), N = dy.shape(1);
+    auto xhat = as_array<T>(xhath, "xhat", 2);
+    if (rows_of(xhat, "xhat", N) != B) throw std::invalid_argument("xhat must have dy's shape.");
+    const auto gamma = feature_array<T>(gh, "gamma", N, true);
+    const auto inv = feature_array<T>(invh, "inv", N, false);
+    carray<T> dx({B, N}), dgamma(std::vector<index_t>{N}), dbeta(std::vector<index_t>{N});
+    if (naive) {
+        batchnorm_backward_naive(dx.mutable_data(), dgamma.mutable_data(), dbeta.mutable_data(), dy.data(), xhat.data(),
+                                 data_or_null(gamma), inv->data(), B, N);
+    } else {
+        std::vector<double> work;
+        batchnorm_backward(dx.mutable_data(), dgamma.mutable_data(), dbeta.mutable_data(), dy.data(), xhat.data(),
+                           data_or_null(gamma), inv->data(), B, N, work);
+    }
+    return py::make_tuple(dx, dgamma, dbeta);
+}
+
+template <typename T>
+py::tuple batchnorm_moving_impl(py::handle mh, py::handle vh, py::handle bmh, py::handle bvh, double momentum) {
+    auto mean = as_array<T>(mh, "moving_mean", 1);
+    const index_t N = mean.size();
+    const auto var = feature_array<T>(vh, "moving_variance", N, false);
+    const auto batch_mean = feature_array<T>(bmh, "mean", N, false);
+    const auto batch_var = feature_array<T>(bvh, "var", N, false);
+    carray<T> m(std::vector<index_t>{N}), v(std::vector<index_t>{N});
+    std::copy(mean.data(), mean.data() + N, m.mutable_data());
+    std::copy(var->data(), var->data() + N, v.mutable_data());
+    batchnorm_update_moving(m.mutable_data(), v.mutable_data(), batch_mean->data(), batch_var->data(), N, momentum);
+    return py::make_tuple(m, v);
+}
+
 template <typename T>
 double accuracy_sum_impl(py::handle ph, py::handle yh, const std::string& metric) {
     const MetricKind kind = parse_metric(metric);
@@ -461,6 +616,29 @@ void bind_kernels(py::module_& k) {
         return out;
     }, py::arg("rows"), py::arg("cols"), py::arg("rate"), py::arg("seed"), py::arg("iteration"), py::arg("lanes") = 0,
        "The dropout mask (1: kept) of a (rows, cols) input at update `iteration` (csrc/dropout.hpp).");
+    k.def("batchnorm_forward_train", [](py::handle x, py::handle gamma, py::handle beta, double epsilon, bool naive) {
+        return is_f64(x) ? batchnorm_train_impl<double>(x, gamma, beta, epsilon, naive)
+                         : batchnorm_train_impl<float>(x, gamma, beta, epsilon, naive);
+    }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("epsilon"), py::arg("naive") = false,
+       "(y, xhat, mean, var, inv): batch normalization of x (B, N) with the batch's statistics "
+       "(csrc/batchnorm.hpp); gamma, beta (N,) or None.");
+    k.def("batchnorm_forward_infer", [](py::handle x, py::handle moving_mean, py::handle moving_variance,
+                                        py::handle gamma, py::handle beta, double epsilon) {
+        return is_f64(x) ? batchnorm_infer_impl<double>(x, moving_mean, moving_variance, gamma, beta, epsilon)
+                         : batchnorm_infer_impl<float>(x, moving_mean, moving_variance, gamma, beta, epsilon);
+    }, py::arg("x"), py::arg("moving_mean"), py::arg("moving_variance"), py::arg("gamma"), py::arg("beta"),
+       py::arg("epsilon"), "Batch normalization of x (B, N) with the moving statistics.");
+    k.def("batchnorm_backward", [](py::handle dy, py::handle xhat, py::handle gamma, py::handle inv, bool naive) {
+        return is_f64(dy) ? batchnorm_backward_impl<double>(dy, xhat, gamma, inv, naive)
+                          : batchnorm_backward_impl<float>(dy, xhat, gamma, inv, naive);
+    }, py::arg("dy"), py::arg("xhat"), py::arg("gamma"), py::arg("inv"), py::arg("naive") = false,
+       "(dx, dgamma, dbeta) from dy = dL/dy of batchnorm_forward_train, given its xhat and inv.");
+    k.def("batchnorm_update_moving", [](py::handle moving_mean, py::handle moving_variance, py::handle mean,
+                                        py::handle var, double momentum) {
+        return is_f64(moving_mean) ? batchnorm_moving_impl<double>(moving_mean, moving_variance, mean, var, momentum)
+                                   : batchnorm_moving_impl<float>(moving_mean, moving_variance, mean, var, momentum);
+    }, py::arg("moving_mean"), py::arg("moving_variance"), py::arg("mean"), py::arg("var"), py::arg("momentum"),
+       "The moving statistics after a training step: (moving * momentum + batch * (1 - momentum)) each.");
     k.def("accuracy_sum", [](py::handle p, py::handle y, const std::string& metric) {
         return is_f64(p) ? accuracy_sum_impl<double>(p, y, metric) : accuracy_sum_impl<float>(p, y, metric);
     }, py::arg("p"), py::arg("y"), py::arg("metric"));

@@ -91,6 +91,15 @@ struct GemmArgs {
     Act act;
 };
 
+// Keras's BatchNormalization (csrc/batchnorm.hpp has the maths): its settings and the L1/L2
+// penalties of its gamma and beta. center=False: no beta; scale=False: no gamma.
+struct BatchNormSpec {
+    bool on = false;
+    double momentum = 0.99, epsilon = 1e-3;
+    bool center = true, scale = true;
+    double gamma_l1 = 0, gamma_l2 = 0, beta_l1 = 0, beta_l2 = 0;
+};
+
 struct LayerSpec {
     index_t in = 0;
     index_t out = 0;
@@ -101,6 +110,11 @@ struct LayerSpec {
     // Keras's Dropout(rate, seed) on this layer's INPUT, in training only (csrc/dropout.hpp); 0: none.
     double dropout = 0;
     std::uint64_t dropout_seed = 0;
+    // Batch normalizations: bn_in of this layer's input (after its dropout), bn_out of its output
+    // act(X W + b), followed by the activation bn_act (Keras's Activation layer after the
+    // BatchNormalization; Linear without bn_out).
+    BatchNormSpec bn_in{}, bn_out{};
+    Act bn_act = Act::Linear;
 };
 
 enum class OptKind { SGD, Adam, RMSprop, Adagrad };

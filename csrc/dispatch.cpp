@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine_api.hpp"
@@ -28,6 +29,31 @@ FASTMLP_DECLARE_VARIANT(avx2)
 FASTMLP_DECLARE_VARIANT(avx512)
 #endif
 
+// Checks a batch normalization of `width` features and places it: its gamma and beta at the end of
+// the parameter arena (advancing `size`), its moving mean and variance at the end of moving_.
+template <typename T>
+typename EngineBase<T>::BatchNormOffsets EngineBase<T>::place_batchnorm(const BatchNormSpec& bn, index_t width,
+                                                                        const std::string& where, index_t& size) {
+    BatchNormOffsets off;
+    if (!bn.on) return off;
+    require(bn.epsilon > 0 && std::isfinite(bn.epsilon),
+            where + "'s batch normalization: epsilon must be positive; received " + std::to_string(bn.epsilon) + ".");
+    require(bn.momentum >= 0 && bn.momentum <= 1, where + "'s batch normalization: momentum must be in [0, 1]; "
+                                                          "received " + std::to_string(bn.momentum) + ".");
+    if (bn.scale) {
+        off.gamma = size;
+        size += width;
+    }
+    if (bn.center) {
+        off.beta = size;
+        size += width;
+    }
+    off.moving = static_cast<index_t>(moving_.size());
+    moving_.resize(moving_.size() + width, T(0));
+    moving_.resize(moving_.size() + width, T(1));
+    return off;
+}
+
 template <typename T>
 EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vector<MetricKind> metrics,
                           OptimizerConfig opt)
@@ -46,10 +72,14 @@ EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vec
                         " inputs but the previous layer has " + std::to_string(layers_[l - 1].out) + " units.");
         require(s.dropout >= 0 && s.dropout < 1, "Layer " + std::to_string(l) + ": the dropout rate must be in "
                                                  "[0, 1); received " + std::to_string(s.dropout) + ".");
+        require(s.bn_out.on || s.bn_act == Act::Linear,
+                "Layer " + std::to_string(l) + ": an activation after the batch normalization needs one.");
+        bn_in_off_.push_back(place_batchnorm(s.bn_in, s.in, "Layer " + std::to_string(l) + "'s input", size));
         w_off_.push_back(size);
         size += s.in * s.out;
         b_off_.push_back(s.use_bias ? size : -1);
         if (s.use_bias) size += s.out;
+        bn_out_off_.push_back(place_batchnorm(s.bn_out, s.out, "Layer " + std::to_string(l) + "'s output", size));
     }
     require(opt_.schedule != "piecewise" || (!opt_.values.empty() && opt_.values.size() == opt_.boundaries.size() + 1),
             "A piecewise-constant schedule needs one more value than boundaries; received " +
@@ -71,20 +101,21 @@ EngineBase<T>::EngineBase(std::vector<LayerSpec> layers, LossKind loss, std::vec
 template <typename T>
 void EngineBase<T>::locate_nonfinite(const std::vector<T>& arena, EpochSums& sums) const {
     for (std::size_t l = 0; l < layers_.size(); ++l) {
-        const index_t n = layers_[l].in * layers_[l].out;
-        for (index_t i = 0; i < n; ++i)
-            if (!std::isfinite(arena[w_off_[l] + i])) {
-                sums.bad_layer = static_cast<index_t>(l);
-                sums.bad_part = "kernel";
-                return;
-            }
-        if (b_off_[l] >= 0)
-            for (index_t i = 0; i < layers_[l].out; ++i)
-                if (!std::isfinite(arena[b_off_[l] + i])) {
+        const LayerSpec& s = layers_[l];
+        // Each part in arena order: (offset or -1, size, name).
+        const std::tuple<index_t, index_t, const char*> parts[] = {
+            {bn_in_off_[l].gamma, s.in, "input_gamma"}, {bn_in_off_[l].beta, s.in, "input_beta"},
+            {w_off_[l], s.in * s.out, "kernel"},       {b_off_[l], s.out, "bias"},
+            {bn_out_off_[l].gamma, s.out, "gamma"},    {bn_out_off_[l].beta, s.out, "beta"}};
+        for (const auto& [offset, n, name] : parts) {
+            if (offset < 0) continue;
+            for (index_t i = 0; i < n; ++i)
+                if (!std::isfinite(arena[offset + i])) {
                     sums.bad_layer = static_cast<index_t>(l);
-                    sums.bad_part = "bias";
+                    sums.bad_part = name;
                     return;
                 }
+        }
     }
 }
 

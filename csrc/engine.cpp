@@ -7,6 +7,7 @@
 #include <string>
 #include <thread>
 
+#include "batchnorm.hpp"
 #include "dropout.hpp"
 #include "losses.hpp"
 #include "narrow.hpp"
@@ -35,14 +36,21 @@ Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<Metr
     : EngineBase<T>(std::move(layers), loss, std::move(metrics), opt) {
     index_t widest = layers_[0].in;
     for (const LayerSpec& s : layers_) widest = std::max(widest, s.out);
-    narrow_ = widest <= kNarrowWidth;
+    // Batch normalization runs on the row-major kernels only.
+    narrow_ = widest <= kNarrowWidth && !this->has_batchnorm();
     acts_.resize(layers_.size());
     zs_.resize(layers_.size());
     dropped_.resize(layers_.size());
     masks_.resize(layers_.size());
+    bn_in_.resize(layers_.size());
+    bn_out_.resize(layers_.size());
     for (std::size_t l = 0; l < layers_.size(); ++l) {
-        segments_.emplace_back(w_off_[l], layers_[l].in * layers_[l].out);
-        if (b_off_[l] >= 0) segments_.emplace_back(b_off_[l], layers_[l].out);
+        const LayerSpec& s = layers_[l];
+        for (const index_t off : {bn_in_off_[l].gamma, bn_in_off_[l].beta})
+            if (off >= 0) segments_.emplace_back(off, s.in);
+        segments_.emplace_back(w_off_[l], s.in * s.out);
+        for (const index_t off : {b_off_[l], bn_out_off_[l].gamma, bn_out_off_[l].beta})
+            if (off >= 0) segments_.emplace_back(off, s.out);
     }
 }
 
@@ -65,6 +73,18 @@ void Engine<T>::ensure_batch(index_t B) {
         if (layers_[l].dropout > 0) {
             dropped_[l].resize(B * layers_[l].in);
             masks_[l].resize(B * layers_[l].in);
+        }
+        for (const bool input : {true, false}) {
+            const LayerSpec& s = layers_[l];
+            if (!(input ? s.bn_in : s.bn_out).on) continue;
+            const index_t N = input ? s.in : s.out;
+            BatchNormState& st = (input ? bn_in_ : bn_out_)[l];
+            if (input || needs_preactivation(s.bn_act)) st.y.resize(B * N);
+            if (!input) st.x.resize(B * N);
+            st.xhat.resize(B * N);
+            st.mean.resize(N);
+            st.var.resize(N);
+            st.inv.resize(N);
         }
         widest = std::max(widest, layers_[l].out);
     }
@@ -96,8 +116,59 @@ double Engine<T>::penalties(bool add_gradients) {
         if (s.use_bias)
             total += weight_penalty(params_.data() + b_off_[l], add_gradients ? grads_.data() + b_off_[l] : nullptr,
                                     s.out, s.bias_l1, s.bias_l2);
+        for (const bool input : {true, false}) {
+            const BatchNormSpec& bn = input ? s.bn_in : s.bn_out;
+            const auto& off = (input ? bn_in_off_ : bn_out_off_)[l];
+            const index_t N = input ? s.in : s.out;
+            const auto penalty = [&](index_t offset, double l1, double l2) {
+                if (offset >= 0)
+                    total += weight_penalty(params_.data() + offset, add_gradients ? grads_.data() + offset : nullptr,
+                                            N, l1, l2);
+            };
+            penalty(off.gamma, bn.gamma_l1, bn.gamma_l2);
+            penalty(off.beta, bn.beta_l1, bn.beta_l2);
+        }
     }
     return total;
+}
+
+// A batch normalization of N features (the spec and offsets of layer l's input or output one) on
+// a (B, N) block, with the kernels of batchnorm.hpp: inference (moving statistics), training (the
+// batch's, kept in st for the backward) and backward (gamma's and beta's gradients into grads_).
+template <typename T>
+void Engine<T>::infer_batchnorm(const BatchNormSpec& bn, const BatchNormOffsets& off, T* Y, const T* X, index_t B,
+                                index_t N) {
+    const T* mean = moving_.data() + off.moving;
+    batchnorm_forward_infer(Y, X, mean, mean + N, param_or_null(off.gamma), param_or_null(off.beta), B, N, bn.epsilon,
+                            bn_inv_);
+}
+
+template <typename T>
+void Engine<T>::train_batchnorm(const BatchNormSpec& bn, const BatchNormOffsets& off, BatchNormState& st, T* Y,
+                                const T* X, index_t B, index_t N) {
+    batchnorm_forward_train(Y, st.xhat.data(), st.mean.data(), st.var.data(), st.inv.data(), X,
+                            param_or_null(off.gamma), param_or_null(off.beta), B, N, bn.epsilon, bn_work_);
+}
+
+template <typename T>
+void Engine<T>::backprop_batchnorm(const BatchNormOffsets& off, const BatchNormState& st, T* dX, const T* dY,
+                                   index_t B, index_t N) {
+    batchnorm_backward(dX, grad_or_null(off.gamma), grad_or_null(off.beta), dY, st.xhat.data(),
+                       param_or_null(off.gamma), st.inv.data(), B, N, bn_work_);
+}
+
+// After an applied training step: each batch normalization's moving statistics take the batch's.
+template <typename T>
+void Engine<T>::update_moving_stats() {
+    for (std::size_t l = 0; l < layers_.size(); ++l)
+        for (const bool input : {true, false}) {
+            const BatchNormSpec& bn = input ? layers_[l].bn_in : layers_[l].bn_out;
+            if (!bn.on) continue;
+            const index_t N = input ? layers_[l].in : layers_[l].out;
+            const BatchNormState& st = (input ? bn_in_ : bn_out_)[l];
+            T* mean = moving_.data() + (input ? bn_in_off_ : bn_out_off_)[l].moving;
+            batchnorm_update_moving(mean, mean + N, st.mean.data(), st.var.data(), N, bn.momentum);
+        }
 }
 
 // The targets the loss sees: Y itself, or a label-smoothed copy of its n values.
@@ -112,20 +183,32 @@ const T* Engine<T>::loss_targets(const T* Y, index_t n) {
     return smooth_.data();
 }
 
+// The inference forward; bn_in_out holds the output of the input's batch normalization.
 template <typename T>
-const T* Engine<T>::forward(const T* X, index_t B, std::vector<std::vector<T>>& acts) {
+const T* Engine<T>::forward(const T* X, index_t B, std::vector<std::vector<T>>& acts, std::vector<T>& bn_in_out) {
     const T* in = X;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerSpec& s = layers_[l];
+        if (s.bn_in.on) {
+            bn_in_out.resize(B * s.in);
+            infer_batchnorm(s.bn_in, bn_in_off_[l], bn_in_out.data(), in, B, s.in);
+            in = bn_in_out.data();
+        }
         const T* b = s.use_bias ? params_.data() + b_off_[l] : nullptr;
         dense_forward(acts[l].data(), in, params_.data() + w_off_[l], b, B, s.in, s.out, s.act, scratch_);
+        if (s.bn_out.on) {
+            infer_batchnorm(s.bn_out, bn_out_off_[l], acts[l].data(), acts[l].data(), B, s.out);
+            if (s.bn_act != Act::Linear) act_forward_rows(s.bn_act, acts[l].data(), B, s.out);
+        }
         in = acts[l].data();
     }
     return in;
 }
 
-// The training forward, row-major: forward's values, keeping besides acts_ what the backward needs:
-// the pre-activation of gelu and swish layers (zs_) and the dropped input of dropout layers.
+// The training forward, row-major: forward's values (batch normalizations with the batch's
+// statistics), keeping besides acts_ what the backward needs: the pre-activation of gelu and swish
+// layers (zs_), the dropped input of dropout layers and the batch normalizations' state. A layer:
+// input -> dropout -> input batch normalization -> act(X W + b) -> output batch normalization -> bn_act.
 template <typename T>
 const T* Engine<T>::forward_train(const T* X, index_t B) {
     const T* in = X;
@@ -136,12 +219,26 @@ const T* Engine<T>::forward_train(const T* X, index_t B) {
                             dropout_stream(s.dropout_seed, iterations_));
             in = dropped_[l].data();
         }
+        if (s.bn_in.on) {
+            train_batchnorm(s.bn_in, bn_in_off_[l], bn_in_[l], bn_in_[l].y.data(), in, B, s.in);
+            in = bn_in_[l].y.data();
+        }
+        T* a = s.bn_out.on ? bn_out_[l].x.data() : acts_[l].data();
         const T* b = s.use_bias ? params_.data() + b_off_[l] : nullptr;
         if (needs_preactivation(s.act)) {
             dense_forward(zs_[l].data(), in, params_.data() + w_off_[l], b, B, s.in, s.out, Act::Linear, scratch_);
-            act_forward_copy(s.act, zs_[l].data(), acts_[l].data(), B * s.out);
+            act_forward_copy(s.act, zs_[l].data(), a, B * s.out);
         } else {
-            dense_forward(acts_[l].data(), in, params_.data() + w_off_[l], b, B, s.in, s.out, s.act, scratch_);
+            dense_forward(a, in, params_.data() + w_off_[l], b, B, s.in, s.out, s.act, scratch_);
+        }
+        if (s.bn_out.on) {
+            const bool keep_z = needs_preactivation(s.bn_act);
+            T* y = keep_z ? bn_out_[l].y.data() : acts_[l].data();
+            train_batchnorm(s.bn_out, bn_out_off_[l], bn_out_[l], y, a, B, s.out);
+            if (keep_z)
+                act_forward_copy(s.bn_act, y, acts_[l].data(), B * s.out);
+            else if (s.bn_act != Act::Linear)
+                act_forward_rows(s.bn_act, acts_[l].data(), B, s.out);
         }
         in = acts_[l].data();
     }
@@ -177,26 +274,48 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
     const LayerSpec& last = layers_.back();
     const index_t yc = target_cols();
     T* dZ = delta_a_.data();
-    // Gelu and swish outputs: the loss gives dL/dP, and their derivative comes from Z after it.
-    const bool last_z = needs_preactivation(last.act);
-    const double loss = output_loss(loss_, last_z ? Act::Linear : last.act, P, loss_targets(Y, B * yc), yc, B,
+    // The model's last activation: its output batch normalization's when it has one. Gelu and swish
+    // outputs: the loss gives dL/dP, and their derivative comes from Z after it.
+    const Act out_act = last.bn_out.on ? last.bn_act : last.act;
+    const bool last_z = needs_preactivation(out_act);
+    const double loss = output_loss(loss_, last_z ? Act::Linear : out_act, P, loss_targets(Y, B * yc), yc, B,
                                     last.out, T(1) / T(B), dZ, loss_work_, T(huber_delta_), W);
-    if (last_z) act_backward_row_z(last.act, zs_.back().data(), dZ, B * last.out);
+    if (last_z)
+        act_backward_row_z(out_act, last.bn_out.on ? bn_out_.back().y.data() : zs_.back().data(), dZ, B * last.out);
     if (metric_sums) add_metrics(*metric_sums, P, Y, W, B, 0);
-    // dZ of the last layer is final (the loss folded the activation in): backward with Linear.
+    // d holds dL/d(the layer's output); on the last layer the loss has folded its last activation in.
     T* d = delta_a_.data();
     T* d_prev = delta_b_.data();
     for (std::size_t l = layers_.size(); l-- > 0;) {
         const LayerSpec& s = layers_[l];
-        const T* in = s.dropout > 0 ? dropped_[l].data() : l == 0 ? X : acts_[l - 1].data();
-        T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
-        Act act = l + 1 == layers_.size() ? Act::Linear : s.act;
+        const bool last_layer = l + 1 == layers_.size();
+        Act act = last_layer ? Act::Linear : s.act;
+        const T* a = acts_[l].data();  // act(X W + b), for its derivative
+        if (s.bn_out.on) {
+            const BatchNormState& st = bn_out_[l];
+            if (!last_layer && needs_preactivation(s.bn_act))
+                act_backward_row_z(s.bn_act, st.y.data(), d, B * s.out);
+            else if (!last_layer && s.bn_act != Act::Linear)
+                act_backward_rows(s.bn_act, acts_[l].data(), d, B, s.out);
+            backprop_batchnorm(bn_out_off_[l], st, d, d, B, s.out);
+            act = s.act;
+            a = st.x.data();
+        }
         if (needs_preactivation(act)) {
             act_backward_row_z(act, zs_[l].data(), d, B * s.out);
             act = Act::Linear;
         }
-        dense_backward(l == 0 ? static_cast<T*>(nullptr) : d_prev, grads_.data() + w_off_[l], db, d, in,
-                       params_.data() + w_off_[l], acts_[l].data(), B, s.in, s.out, act, scratch_);
+        const T* in = s.bn_in.on      ? bn_in_[l].y.data()
+                      : s.dropout > 0 ? dropped_[l].data()
+                      : l == 0        ? X
+                                      : acts_[l - 1].data();
+        T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
+        // The first layer's input gradient is needed only for its input batch normalization's gamma and beta.
+        const bool need_dx = l > 0 || (s.bn_in.on && (s.bn_in.center || s.bn_in.scale));
+        dense_backward(need_dx ? d_prev : nullptr, grads_.data() + w_off_[l], db, d, in, params_.data() + w_off_[l],
+                       a, B, s.in, s.out, act, scratch_);
+        if (need_dx && s.bn_in.on)
+            backprop_batchnorm(bn_in_off_[l], bn_in_[l], l > 0 ? d_prev : nullptr, d_prev, B, s.in);
         if (l > 0 && s.dropout > 0) dropout_backward(d_prev, masks_[l].data(), B * s.in, s.dropout);
         std::swap(d, d_prev);
     }
@@ -365,6 +484,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
             }
             clip_gradients(opt_, grads_.data(), segments_);
             const bool finite = update_weights();
+            update_moving_stats();
             ++iterations_;
             sums_.loss += loss;
             for (std::size_t m = 0; m < step_metrics.size(); ++m) sums_.metrics[m] += step_metrics[m];
@@ -422,12 +542,13 @@ void Engine<T>::predict(const T* X, index_t n, T* out, index_t batch_size) {
     // chunk size is free: a large one amortizes the packing.
     const index_t chunk = std::max<index_t>(batch_size, 256);
     std::vector<std::vector<T>> acts(layers_.size());
+    std::vector<T> bn_in_out;
     const index_t B0 = std::min(chunk, n);
     for (std::size_t l = 0; l < layers_.size(); ++l) acts[l].resize(B0 * layers_[l].out);
     const index_t C = layers_.back().out;
     for (index_t start = 0; start < n; start += chunk) {
         const index_t B = std::min(chunk, n - start);
-        const T* P = forward(X + start * layers_[0].in, B, acts);
+        const T* P = forward(X + start * layers_[0].in, B, acts, bn_in_out);
         std::copy(P, P + B * C, out + start * C);
     }
 }
@@ -441,12 +562,13 @@ EpochSums Engine<T>::evaluate(const T* X, const T* Y, index_t n, index_t batch_s
     sums.metrics.assign(metrics_.size(), 0.0);
     const index_t chunk = std::max<index_t>(batch_size, 256);
     std::vector<std::vector<T>> acts(layers_.size());
+    std::vector<T> bn_in_out;
     const index_t B0 = std::min(chunk, n);
     for (std::size_t l = 0; l < layers_.size(); ++l) acts[l].resize(B0 * layers_[l].out);
     const index_t K = layers_[0].in, yc = target_cols(), C = layers_.back().out;
     for (index_t start = 0; start < n; start += chunk) {
         const index_t B = std::min(chunk, n - start);
-        const T* P = forward(X + start * K, B, acts);
+        const T* P = forward(X + start * K, B, acts, bn_in_out);
         const T* y = Y + start * yc;
         const T* w = W ? W + start : nullptr;
         sums.loss += loss_sum(loss_, P, loss_targets(y, B * yc), yc, B, C, loss_work_, T(huber_delta_), w) +
@@ -474,6 +596,9 @@ template <typename T>
 EpochSums Engine<T>::shard_gradients(const T* X, const T* Y, index_t n, index_t step, index_t lo, index_t hi,
                                      bool with_penalties) {
     FlushDenormals ftz;
+    if (this->has_batchnorm())
+        throw std::invalid_argument("shard_gradients: batch normalization needs the statistics of the whole batch, "
+                                    "not of a shard; train models with BatchNormalization in one process.");
     // Called once per step: the checks build their messages only when they fail.
     if (n <= 0 || n != epoch_n_)
         throw std::invalid_argument("shard_gradients: the data has " + std::to_string(n) +

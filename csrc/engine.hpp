@@ -42,9 +42,12 @@ private:
     using EngineBase<T>::huber_delta_;
     using EngineBase<T>::label_smoothing_;
     using EngineBase<T>::weighted_metrics_;
+    using EngineBase<T>::bn_in_off_;
+    using EngineBase<T>::bn_out_off_;
+    using EngineBase<T>::moving_;
 
     void ensure_batch(index_t B);
-    const T* forward(const T* X, index_t B, std::vector<std::vector<T>>& acts);
+    const T* forward(const T* X, index_t B, std::vector<std::vector<T>>& acts, std::vector<T>& bn_in_out);
     const T* forward_train(const T* X, index_t B);
     double forward_backward(const T* X, const T* Y, const T* W, index_t B, std::vector<double>* metric_sums);
     double forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums);
@@ -56,6 +59,16 @@ private:
     const T* loss_targets(const T* Y, index_t n);
     double penalties(bool add_gradients);
     bool update_weights();
+    void update_moving_stats();
+    using BatchNormOffsets = typename EngineBase<T>::BatchNormOffsets;
+    struct BatchNormState;
+    void infer_batchnorm(const BatchNormSpec& bn, const BatchNormOffsets& off, T* Y, const T* X, index_t B, index_t N);
+    void train_batchnorm(const BatchNormSpec& bn, const BatchNormOffsets& off, BatchNormState& st, T* Y, const T* X,
+                         index_t B, index_t N);
+    void backprop_batchnorm(const BatchNormOffsets& off, const BatchNormState& st, T* dX, const T* dY, index_t B,
+                            index_t N);
+    const T* param_or_null(index_t offset) const { return offset >= 0 ? params_.data() + offset : nullptr; }
+    T* grad_or_null(index_t offset) { return offset >= 0 ? grads_.data() + offset : nullptr; }
 
     // Tiny networks train on the feature-major kernels of narrow.hpp (decided by the widths alone,
     // so a given model always takes the same path and gives the same bits).
@@ -71,6 +84,15 @@ private:
     // Layers with dropout: their dropped input (B, in_l) or (in_l, L), and its mask (1: kept).
     std::vector<std::vector<T>> dropped_;
     std::vector<std::vector<std::uint8_t>> masks_;
+    // A batch normalization in training (batchnorm.hpp): its input when no other buffer keeps it
+    // (the output one's: the layer's act(X W + b)), its output when that is not acts_ (the input
+    // one's; the output one's when bn_act needs its pre-activation), Xhat, and the batch's statistics.
+    struct BatchNormState {
+        std::vector<T> x, y, xhat, mean, var, inv;
+    };
+    std::vector<BatchNormState> bn_in_, bn_out_;
+    std::vector<double> bn_work_;
+    std::vector<T> bn_inv_;  // the inference forward's 1 / sqrt(moving_var + eps)
     std::vector<T> wb_;  // the batch's sample weights (B), or (L) zero-padded on the narrow path
     std::vector<T> xb_, yb_, delta_a_, delta_b_, loss_work_, row_work_, lane_tmp_, smooth_;
     DenseScratch<T> scratch_;

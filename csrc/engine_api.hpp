@@ -2,9 +2,13 @@
 //
 // An engine is a Sequential stack of Dense layers that owns its parameters, gradients and
 // optimizer state in flat arenas and runs whole epochs without returning to Python.
-// Arena layout: for each layer l in order, its kernel W_l (in_l, out_l) row-major, then its bias
-// b_l (out_l,) when it has one. params, grads and velocity share that layout, so the optimizer is
-// one streaming loop over the arena and a layer's weights are views at fixed offsets.
+// Arena layout: for each layer l in order, the gamma and beta of its input's batch normalization
+// (in_l,) each when it has one, its kernel W_l (in_l, out_l) row-major, its bias b_l (out_l,) when it
+// has one, then the gamma and beta of its output's batch normalization (out_l,): Keras's order of
+// the trainable weights. params, grads and velocity share that layout, so the optimizer is one
+// streaming loop over the arena and a layer's weights are views at fixed offsets. The batch
+// normalizations' moving means and variances are not trained: they live in moving(), per layer the
+// input's (mean, variance), then the output's.
 //
 // EngineBase holds that state; the compute (engine.hpp) is compiled once per instruction set and
 // chosen at run time (make_engine): every variant computes the same bits. EngineBase's own code is
@@ -36,6 +40,16 @@ public:
     const std::vector<LayerSpec>& layers() const { return layers_; }
     index_t kernel_offset(std::size_t l) const { return w_off_.at(l); }
     index_t bias_offset(std::size_t l) const { return b_off_.at(l); }  // -1 without bias
+    // Where layer l's input (input = true) or output batch normalization keeps its gamma and beta in
+    // the parameter arenas, and its moving mean in moving() (the variance follows it); -1: absent.
+    struct BatchNormOffsets {
+        index_t gamma = -1, beta = -1, moving = -1;
+    };
+    const BatchNormOffsets& bn_offsets(std::size_t l, bool input) const {
+        return (input ? bn_in_off_ : bn_out_off_).at(l);
+    }
+    std::vector<T>& moving() { return moving_; }
+    bool has_batchnorm() const { return !moving_.empty(); }
     std::int64_t iterations() const { return iterations_; }
     void set_iterations(std::int64_t t) {
         require(t >= 0, "iterations must be non-negative; received " + std::to_string(t) + ".");
@@ -75,17 +89,21 @@ public:
     // clears the running sums; train_steps runs up to max_steps batches of it (all that remain
     // when max_steps <= 0) and returns the sums so far. X (n, in_0), Y (n, target_cols()), W (n,)
     // Keras's sample weights or null (all 1): a batch's loss is sum_i w_i loss_i / B, and its
-    // gradient scaled likewise. Layers with dropout drop their inputs here, and only here.
+    // gradient scaled likewise. Layers with dropout drop their inputs here, and only here; batch
+    // normalizations use the batch's statistics here and update their moving ones after each
+    // applied step (predict, evaluate and compute_gradients leave them alone).
     virtual void begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) = 0;
     virtual EpochSums train_steps(const T* X, const T* Y, index_t n, index_t max_steps, const T* W = nullptr) = 0;
-    // Inference: out (n, out_last) overwritten. evaluate returns loss and metric sums over n.
+    // Inference (batch normalizations use their moving statistics): out (n, out_last) overwritten.
+    // evaluate returns loss and metric sums over n.
     virtual void predict(const T* X, index_t n, T* out, index_t batch_size) = 0;
     virtual EpochSums evaluate(const T* X, const T* Y, index_t n, index_t batch_size, const T* W = nullptr) = 0;
     // One training forward + backward on the given rows without updating: fills grads(), returns the
     // loss sum (weight penalties included, times n, as in training).
     virtual double compute_gradients(const T* X, const T* Y, index_t n, const T* W = nullptr) = 0;
 
-    // Data parallelism (python/fastmlp/distributed.py): each step of the epoch begun with
+    // Data parallelism (python/fastmlp/distributed.py; not with batch normalization, whose
+    // statistics need the whole batch): each step of the epoch begun with
     // begin_epoch is split across ranks, and each rank runs the two halves of a training step with
     // the sum of the ranks' gradients in between. shard_gradients: forward and backward on positions
     // [lo, hi) of step `step`'s batch of B rows; grads() := (sum of those rows' gradients) / B, so
@@ -107,6 +125,8 @@ protected:
     std::int64_t iterations_ = 0;
     std::vector<T> params_, grads_, velocity_, second_;
     std::vector<index_t> w_off_, b_off_;
+    std::vector<BatchNormOffsets> bn_in_off_, bn_out_off_;
+    std::vector<T> moving_;
     std::mutex mutex_;
     std::function<bool()> interrupted_;
     double huber_delta_ = 1.0;
@@ -114,8 +134,12 @@ protected:
     std::vector<bool> weighted_metrics_ = std::vector<bool>(metrics_.size(), false);
 
     // The first layer with a NaN or infinite value in `arena` (params_ or grads_): writes the
-    // layer index and "kernel"/"bias" into sums; leaves them unset when every value is finite.
+    // layer index and "kernel", "bias", "gamma", "beta" (its output's batch normalization) or
+    // "input_gamma", "input_beta" into sums; leaves them unset when every value is finite.
     void locate_nonfinite(const std::vector<T>& arena, EpochSums& sums) const;
+
+private:
+    BatchNormOffsets place_batchnorm(const BatchNormSpec& bn, index_t width, const std::string& where, index_t& size);
 };
 
 // The instruction sets this build has variants for, best first, and the one the CPU can run.

@@ -501,6 +501,8 @@ def test_cpu_only_features_are_refused_clearly(emulate):
         _engine(emulate, [(4, 3, "gelu", True, 0.0, 0.0, 0.0, 0.0)], "mean_squared_error")
     with pytest.raises(NotImplementedError, match="Dropout"):
         _engine(emulate, [base + (0.5, 7)], "mean_squared_error")
+    with pytest.raises(NotImplementedError, match="BatchNormalization"):
+        _engine(emulate, [base + (0.0, 0, None, {"momentum": 0.9})], "mean_squared_error")
     engine = _engine(emulate, [base + (0.0, 0)], "mean_squared_error")
     x, y = np.ones((5, 4)), np.ones((5, 3))
     with pytest.raises(NotImplementedError, match="sample_weight"):

@@ -18,7 +18,7 @@ from fastmlp import callbacks, layers, losses, optimizers, regularizers, saving
 from fastmlp.models import Sequential, load_model
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "keras")
-KERAS_CASES = ["sgd_momentum", "adam_flatten", "rmsprop_sparse", "adagrad_schedule", "float64"]
+KERAS_CASES = ["sgd_momentum", "adam_flatten", "rmsprop_sparse", "adagrad_schedule", "float64", "batchnorm"]
 
 
 def xor_data(n, seed=0):
@@ -295,8 +295,8 @@ def test_keras_weights_file_loads_into_a_fastmlp_model():
 
 
 def test_unsupported_layers_are_named():
-    with pytest.raises(ValueError, match=r"unsupported\.keras: .*unsupported: 'batch_normalization' "
-                                         r"\(BatchNormalization\)\.$"):
+    with pytest.raises(ValueError, match=r"unsupported\.keras: .*unsupported: 'layer_normalization' "
+                                         r"\(LayerNormalization\)\.$"):
         load_model(os.path.join(FIXTURES, "unsupported.keras"))
 
 

@@ -146,6 +146,9 @@ class CudaEngine:
                                           "use backend='cpu'.")
             if len(spec) > 8 and spec[8] > 0:
                 raise NotImplementedError("Dropout is not supported on backend='cuda' yet; use backend='cpu'.")
+            if len(spec) > 10 and (spec[10] is not None or spec[11] is not None):
+                raise NotImplementedError("BatchNormalization is not supported on backend='cuda' yet; use "
+                                          "backend='cpu'.")
             specs.append(spec[:8])  # (in, out, activation, use_bias, kernel l1, l2, bias l1, l2)
         self._native = cls(specs, loss, list(metrics), dict(optimizer), emulate=emulate, epilogues=epilogues)
         self._data = None  # weak references to the (x, y) whose copy is on the device

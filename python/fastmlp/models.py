@@ -25,6 +25,7 @@ import numpy as np
 from . import _core, backend as _backend, callbacks as _callbacks, losses as _losses, metrics as _metrics
 from . import _keras_config, cuda as _cuda, optimizers as _optimizers, saving as _saving, utils as _utils
 from .layers.core import Activation, Dense, Dropout, Flatten, InputLayer, _auto_name
+from .layers.normalization import BatchNormalization
 from .reference import ReferenceEngine
 from .saving import load_model
 
@@ -81,6 +82,9 @@ class Sequential:
         self._pending_flatten = False  # an Input of several dimensions waits for its Flatten
         self._activations = {}  # Dense index -> activation of an Activation layer fused after it
         self._dropouts = {}  # Dense index -> the Dropout on that Dense's input
+        self._bn_in = {}  # Dense index -> the BatchNormalization of that Dense's input (after its Dropout)
+        self._bn_out = {}  # Dense index -> the BatchNormalization of that Dense's (activated) output
+        self._bn_activations = {}  # Dense index -> activation of an Activation after its output's normalization
         self._input_layer = None
         self._floatx = None  # the float type of a loaded model, else backend.floatx() at build/compile
         self._fit_lock = threading.Lock()  # one fit at a time; other calls are serialized natively
@@ -106,9 +110,11 @@ class Sequential:
         return list(self._all_layers)
 
     def add(self, layer):
-        """Append a layer: ``Dense``, ``Activation`` (fused into a linear Dense before it),
-        ``Dropout`` (on the input or between layers, one in a row), or ``Flatten`` first; or declare
-        the input with ``Input(shape=...)`` first."""
+        """Append a layer: ``Dense``, ``Activation`` (fused into a linear Dense before it, or after a
+        BatchNormalization), ``Dropout`` (on the input or between layers, one in a row),
+        ``BatchNormalization`` (on the input, after a Dense layer or its Activation, or after a
+        Dropout; one in a row), or ``Flatten`` first; or declare the input with ``Input(shape=...)``
+        first."""
         if isinstance(layer, InputLayer):
             if self._all_layers or self._input_dim is not None:
                 raise ValueError("An Input must come first in a Sequential model, before any other layer.")
@@ -118,7 +124,7 @@ class Sequential:
                 self._sample_shape, self._pending_flatten = layer.shape, True
             return
         if isinstance(layer, Flatten):
-            if self._layers:
+            if self._layers or self._bn_in:
                 raise ValueError("Flatten must come first (or right after an Input): fastmlp's layers are all flat "
                                  "after it.")
             if layer.shape is not None:
@@ -132,7 +138,16 @@ class Sequential:
             return
         if self._pending_flatten:
             raise ValueError(f"The Input has shape {self._sample_shape}: add Flatten() after it, before {layer.name!r}.")
+        if isinstance(layer, BatchNormalization):
+            self._add_batchnorm(layer)
+            return
         if isinstance(layer, Dropout):
+            if len(self._layers) in self._bn_in:
+                bn = self._bn_in[len(self._layers)]
+                raise ValueError(f"Dropout {layer.name!r} follows BatchNormalization {bn.name!r}, which normalizes "
+                                 f"the {'model input' if not self._layers else 'output of a Dropout'}: fastmlp "
+                                 "applies a Dropout before such a normalization, not after it. Put the Dropout "
+                                 "first, or drop one of them.")
             if len(self._layers) in self._dropouts:
                 raise ValueError(f"Dropout {layer.name!r} follows another Dropout: fastmlp takes one Dropout between "
                                  "layers; use a single one with the combined rate 1 - (1 - r1) (1 - r2).")
@@ -141,6 +156,22 @@ class Sequential:
             self._engine = None
             return
         if isinstance(layer, Activation):
+            last = len(self._layers) - 1
+            if (last in self._bn_out and last not in self._bn_activations and len(self._layers) not in self._dropouts
+                    and len(self._layers) not in self._bn_in):
+                self._bn_activations[last] = layer.activation  # right after that BatchNormalization
+                self._all_layers.append(layer)
+                self._engine = None
+                return
+            if last in self._bn_out and len(self._layers) not in self._dropouts:
+                raise ValueError(f"Activation({layer.activation!r}) follows Activation("
+                                 f"{self._bn_activations[last]!r}) after BatchNormalization "
+                                 f"{self._bn_out[last].name!r}: fastmlp takes one activation there.")
+            if len(self._layers) in self._bn_in:
+                raise ValueError(f"Activation({layer.activation!r}) after BatchNormalization "
+                                 f"{self._bn_in[len(self._layers)].name!r} on the model input or after a Dropout is "
+                                 "not supported by fastmlp: an Activation must follow a Dense layer, or a "
+                                 "BatchNormalization that follows one.")
             if (not self._layers or self._layers[-1].activation != "linear" or len(self._layers) - 1 in self._activations
                     or len(self._layers) in self._dropouts):
                 raise ValueError(
@@ -153,18 +184,10 @@ class Sequential:
             return
         if not isinstance(layer, Dense):
             raise TypeError(
-                "Only fastmlp.layers Dense, Activation, Dropout and Flatten layers (and an Input first) can be added "
-                f"to a Sequential model. Received: {layer!r}"
+                "Only fastmlp.layers Dense, Activation, Dropout, BatchNormalization and Flatten layers (and an Input "
+                f"first) can be added to a Sequential model. Received: {layer!r}"
             )
-        if any(existing is layer for existing in self._layers):
-            raise ValueError(f"Layer {layer.name!r} is already in this model.")
-        owner = layer._owner() if layer._owner is not None else None
-        if owner is not None and owner is not self:
-            raise ValueError(
-                f"Layer {layer.name!r} already belongs to model {owner.name!r}: a fastmlp model keeps its weights "
-                "in one arena of its own, so layers cannot be shared. Create a new Dense layer and copy the "
-                "weights with set_weights(other.get_weights()) if you need the same values."
-            )
+        self._claim(layer)
         if self._layers and layer.input_dim is not None and layer.input_dim != self._layers[-1].units:
             raise ValueError(
                 f"Layer {layer.name!r} declares input_dim={layer.input_dim} but the previous layer has "
@@ -179,6 +202,43 @@ class Sequential:
         if self._input_dim is not None:
             self.build()
 
+    def _claim(self, layer):
+        """Refuse a layer with weights that is already in this model or in another one."""
+        if any(existing is layer for existing in self._all_layers):
+            raise ValueError(f"Layer {layer.name!r} is already in this model.")
+        owner = layer._owner() if layer._owner is not None else None
+        if owner is not None and owner is not self:
+            raise ValueError(
+                f"Layer {layer.name!r} already belongs to model {owner.name!r}: a fastmlp model keeps its weights "
+                f"in one arena of its own, so layers cannot be shared. Create a new {type(layer).__name__} layer and "
+                "copy the weights with set_weights(other.get_weights()) if you need the same values."
+            )
+
+    def _add_batchnorm(self, layer):
+        """A BatchNormalization normalizes the output of the Dense layer before it (after that layer's
+        activation), or, on the model input or after a Dropout, the input of the next Dense layer."""
+        self._claim(layer)
+        i = len(self._layers)
+        previous = self._bn_in.get(i) or (self._bn_out.get(i - 1) if i not in self._dropouts else None)
+        if previous is not None:
+            raise ValueError(f"BatchNormalization {layer.name!r} follows BatchNormalization {previous.name!r} with no "
+                             "Dense layer between them: fastmlp takes one in a row.")
+        width = self._layers[-1].units if self._layers else self._input_dim
+        if layer.input_dim is not None and width is not None and layer.input_dim != width:
+            raise ValueError(f"Layer {layer.name!r} declares input_shape=({layer.input_dim},) but its input has "
+                             f"{width} features.")
+        if width is None:
+            self._input_dim = width = layer.input_dim
+        if self._layers and i not in self._dropouts:
+            self._bn_out[i - 1] = layer
+        else:
+            self._bn_in[i] = layer
+        layer._owner = weakref.ref(self)
+        self._all_layers.append(layer)
+        self._engine = None
+        if width is not None and not layer.built:
+            layer.build(width, self._floatx or _backend.floatx())
+
     def build(self, input_shape=None):
         """Create the weights of every layer not yet built (input shape ``(None, features)``)."""
         if input_shape is not None:
@@ -191,13 +251,17 @@ class Sequential:
                 "The model's input size is unknown: give the first layer `input_dim=` (or start with "
                 "fastmlp.layers.Input(shape=(features,))), or call fit/predict with data."
             )
+        dtype = self._floatx or _backend.floatx()
         prev = self._input_dim
-        for layer in self._layers:
-            if not layer.built:
-                layer.build(prev, self._floatx or _backend.floatx())
-            elif layer.input_dim != prev:
-                raise ValueError(f"Layer {layer.name!r} was built for {layer.input_dim} inputs, not {prev}.")
-            prev = layer.units
+        for i, layer in enumerate(self._layers + [None]):  # None: a BatchNormalization after the last Dense's Dropout
+            for item in (self._bn_in.get(i), layer, self._bn_out.get(i)):
+                if item is None:
+                    continue
+                if not item.built:
+                    item.build(prev, dtype)
+                elif item.input_dim != prev:
+                    raise ValueError(f"Layer {item.name!r} was built for {item.input_dim} inputs, not {prev}.")
+                prev = item.units
 
     @property
     def built(self):
@@ -228,6 +292,9 @@ class Sequential:
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}. Expected one of: {', '.join(BACKENDS)}.")
         if backend == "cuda":
+            if self._batchnorms:
+                raise ValueError(f"BatchNormalization ({self._batchnorms[0].name!r}) is not supported on "
+                                 "backend='cuda' yet; use backend='cpu' (or 'numpy').")
             _cuda.require()
         loss_object = _losses.get(loss)
         loss_name = loss_object.name
@@ -265,7 +332,9 @@ class Sequential:
 
     def _specs(self):
         """Each layer for the engine: (in, out, activation, use_bias, kernel l1, l2, bias l1, l2,
-        dropout rate on its input, dropout seed)."""
+        dropout rate on its input, dropout seed, batch normalization of its input, of its output):
+        a batch normalization is None or a dict of its settings (the output one's with the
+        activation after it)."""
         if len(self._layers) in self._dropouts:
             raise ValueError(f"Dropout {self._dropouts[len(self._layers)].name!r} follows the output layer: fastmlp "
                              "drops the inputs of the next Dense layer, so a Dropout must come before a Dense.")
@@ -277,9 +346,17 @@ class Sequential:
             layer = self._dropouts.get(i)
             return (layer.rate, layer._mask_seed) if layer is not None else (0.0, 0)
 
+        def batchnorm(layers, i, activation=None):
+            return layers[i]._engine_spec(activation) if i in layers else None
+
         return [(layer.input_dim, layer.units, self._activations.get(i, layer.activation), layer.use_bias,
-                 *coefficients(layer.kernel_regularizer), *coefficients(layer.bias_regularizer), *dropout(i))
+                 *coefficients(layer.kernel_regularizer), *coefficients(layer.bias_regularizer), *dropout(i),
+                 batchnorm(self._bn_in, i), batchnorm(self._bn_out, i, self._bn_activations.get(i, "linear")))
                 for i, layer in enumerate(self._layers)]
+
+    @property
+    def _batchnorms(self):
+        return [layer for layer in self._all_layers if isinstance(layer, BatchNormalization)]
 
     def _make_engine(self):
         args = self._compile_args
@@ -295,16 +372,12 @@ class Sequential:
         engine.set_loss_options(**self._loss._engine_options())
         if any(args["weighted"]):
             engine.set_weighted_metrics(args["weighted"])
-        views = engine.weight_views("params")
-        i = 0
-        for layer in self._layers:
-            views[i][...] = layer.kernel
-            layer.kernel = views[i]
-            i += 1
-            if layer.use_bias:
-                views[i][...] = layer.bias
-                layer.bias = views[i]
-                i += 1
+        # (Only the engines that run BatchNormalization know the "moving" arena.)
+        trainable = iter(engine.weight_views("params"))
+        moving = iter(engine.weight_views("moving") if self._batchnorms else [])
+        for layer in self._all_layers:
+            if layer.weights:
+                layer._adopt_views(trainable, moving)
         self.optimizer._attach(engine)
         self._engine = engine
 
@@ -478,6 +551,10 @@ class Sequential:
                     raise ValueError("Dropout layers are not supported with distributed=... yet (their masks are "
                                      "drawn per batch row, and each rank sees a part of the batch); train in one "
                                      "process or without Dropout.")
+                if self._batchnorms:
+                    raise ValueError(f"BatchNormalization ({self._batchnorms[0].name!r}) is not supported with "
+                                     "distributed=... yet (it needs the statistics of the whole batch, and each rank "
+                                     "sees a part of it); train in one process or without BatchNormalization.")
                 from . import distributed as _distributed  # which imports the optional mpi4py only then
 
                 return _distributed.fit(self, distributed, x, y, batch_size, epochs, verbose, callbacks,
@@ -593,18 +670,28 @@ class Sequential:
             if isinstance(cb, _callbacks.TerminateOnNaN):
                 cb.on_batch_end(sums["steps_done"], dict(logs, loss=float("nan")))
 
+    def _bad_part(self, sums):
+        """(layer name, weight) of the engine's report: a Dense layer's kernel or bias, or the gamma or
+        beta of the BatchNormalization on its output (or, "input_" prefixed, on its input)."""
+        index, part = sums["bad_layer"], sums["bad_part"]
+        if part.startswith("input_"):
+            return self._bn_in[index].name, part[len("input_"):]
+        if part in ("gamma", "beta"):
+            return self._bn_out[index].name, part
+        return self._layers[index].name, part
+
     def _nonfinite_message(self, sums, epoch):
         step = sums["steps_done"] + 1
         if sums["stop"] == "nonfinite_loss":
             what = "the loss"
             if sums["bad_layer"] >= 0:
-                layer = self._layers[sums["bad_layer"]].name
-                what += f" (the first non-finite gradient is layer {layer!r}'s {sums['bad_part']})"
+                layer, part = self._bad_part(sums)
+                what += f" (the first non-finite gradient is layer {layer!r}'s {part})"
             return (f"Epoch {epoch + 1}, batch {step}: {what} is NaN or infinite; training stopped and that batch's "
                     "update was not applied. Lower the learning rate, scale the inputs, or check the data for "
                     "extreme values.")
-        layer = self._layers[sums["bad_layer"]].name
-        return (f"Epoch {epoch + 1}, batch {step - 1}: the update made layer {layer!r}'s {sums['bad_part']} NaN or "
+        layer, part = self._bad_part(sums)
+        return (f"Epoch {epoch + 1}, batch {step - 1}: the update made layer {layer!r}'s {part} NaN or "
                 "infinite (the loss was finite); training stopped. Lower the learning rate.")
 
     def _run_evaluate(self, x, y, batch_size, cbs, prefix="", sample_weight=None):
@@ -671,7 +758,8 @@ class Sequential:
             # Not compiled: run the forward pass on a throwaway inference engine.
             cls = _core.Engine64 if x.dtype == np.float64 else _core.Engine32
             engine = cls(self._specs(), "mean_squared_error", [], {}, _backend.get_isa())
-            for view, w in zip(engine.weight_views("params"), self.get_weights()):
+            for view, w in zip(engine.weight_views("params") + engine.weight_views("moving"),
+                               self.trainable_weights + self.non_trainable_weights):
                 view[...] = w
         steps = _steps(len(x), batch_size)
         cbs = _callbacks.CallbackList(callbacks, model=self, verbose=verbose, epochs=1, steps=steps)
@@ -696,17 +784,34 @@ class Sequential:
 
     @property
     def weights(self):
-        return [w for layer in self._layers for w in layer.weights]
+        """Every layer's weights in Keras's order (per BatchNormalization ``[gamma, beta,
+        moving_mean, moving_variance]``)."""
+        return [w for layer in self._all_layers for w in layer.weights]
+
+    @property
+    def trainable_weights(self):
+        return [w for layer in self._all_layers for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self):
+        return [w for layer in self._all_layers for w in layer.non_trainable_weights]
 
     def get_weights(self):
-        """Copies of every layer's weights, in order: per Dense ``[kernel (in, units), bias (units,)]``.
-        Taken between training steps when another thread is training the model."""
+        """Copies of every layer's weights, in order: per Dense ``[kernel (in, units), bias (units,)]``,
+        per BatchNormalization ``[gamma, beta, moving_mean, moving_variance]``. Taken between
+        training steps when another thread is training the model."""
         if self._engine is None:
             return [np.array(w) for w in self.weights]
-        flat, out, start = self._engine.params_copy(), [], 0
-        for w in self.weights:  # the arena holds them in this order, back to back
-            out.append(flat[start : start + w.size].reshape(w.shape))
-            start += w.size
+        # The arenas hold the trainable weights, and the moving statistics, in this order, back to back.
+        arenas = {True: [self._engine.params_copy(), 0],
+                  False: [self._engine.moving_copy() if self._batchnorms else None, 0]}
+        out = []
+        for layer in self._all_layers:
+            for trainable, ws in ((True, layer.trainable_weights), (False, layer.non_trainable_weights)):
+                for w in ws:
+                    flat, start = arenas[trainable]
+                    out.append(flat[start : start + w.size].reshape(w.shape))
+                    arenas[trainable][1] = start + w.size
         return out
 
     def set_weights(self, weights):
@@ -717,17 +822,24 @@ class Sequential:
         weights = list(weights)
         if len(weights) != len(current):
             raise ValueError(
-                f"The model has {len(current)} weight arrays (kernel and bias per Dense layer); "
+                f"The model has {len(current)} weight arrays (kernel and bias per Dense layer"
+                f"{', gamma, beta, moving mean and variance per BatchNormalization' if self._batchnorms else ''}); "
                 f"received a list of {len(weights)}."
             )
         checked, start = [], 0
-        for layer in self._layers:
+        for layer in self._all_layers:
             k = len(layer.weights)
-            checked.append((layer, layer.check_weights(weights[start : start + k])))
+            if k:
+                checked.append((layer, layer.check_weights(weights[start : start + k])))
             start += k
-        if self._engine is not None:  # one copy into the arena, between training steps
+        if self._engine is not None:  # one copy into each arena, between training steps
             dtype = self._dtype()
-            self._engine.set_params(np.concatenate([np.asarray(v, dtype).ravel() for _, ws in checked for v in ws]))
+            split = [(ws[:len(layer.trainable_weights)], ws[len(layer.trainable_weights):]) for layer, ws in checked]
+            trainable = [np.asarray(v, dtype).ravel() for ws, _ in split for v in ws]
+            moving = [np.asarray(v, dtype).ravel() for _, ws in split for v in ws]
+            self._engine.set_params(np.concatenate(trainable))
+            if moving:
+                self._engine.set_moving(np.concatenate(moving))
             return
         for layer, ws in checked:
             for target, value in zip(layer.weights, ws):
@@ -751,6 +863,11 @@ class Sequential:
             parts = [f" {cells[0]:<{widths[0] - 2}} ", f" {cells[1]:<{widths[1] - 2}} ", f" {cells[2]:>{widths[2] - 2}} "]
             return left + sep.join(parts) + right
 
+        def rows(cells):  # cells too long for their column wrap onto more lines, as Keras's table does
+            wrapped = [_wrap(cell, w - 2) for cell, w in zip(cells, widths)]
+            height = max(len(w) for w in wrapped)
+            return [row([w[k] if k < len(w) else "" for w in wrapped]) for k in range(height)]
+
         def rule(left, mid, right, ch):
             return left + mid.join(ch * w for w in widths) + right
 
@@ -758,26 +875,29 @@ class Sequential:
                  row(("Layer (type)", "Output Shape", "Param #"), "┃", "┃", "┃"), rule("┡", "╇", "┩", "━")]
         width = self._input_dim
         for i, layer in enumerate(self._all_layers):
-            if isinstance(layer, Dense):
+            if isinstance(layer, (Dense, BatchNormalization)):
                 width = layer.units if layer.built else None
                 params = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
             else:
                 params = "0"
             shape = f"(None, {width})" if width is not None else "?"
-            lines.append(row((f"{layer.name} ({type(layer).__name__})", shape, params)))
+            lines += rows((f"{layer.name} ({type(layer).__name__})", shape, params))
             if i + 1 < len(self._all_layers):
                 lines.append(rule("├", "┼", "┤", "─"))
         lines.append(rule("└", "┴", "┘", "─"))
-        trainable = self.count_params()
-        trainable_size = trainable * np.dtype(self._dtype()).itemsize
+        itemsize = np.dtype(self._dtype()).itemsize
+        trainable = int(sum(w.size for w in self.trainable_weights))
+        fixed = int(sum(w.size for w in self.non_trainable_weights))
+        trainable_size, fixed_size = trainable * itemsize, fixed * itemsize
         optimizer = _saving.optimizer_variables(self) if self._engine is not None and self.optimizer.iterations else None
-        total, total_size = trainable, trainable_size
+        total, total_size = trainable + fixed, trainable_size + fixed_size
         if optimizer is not None:
             optimizer_count = sum(v.size for v in optimizer)
             optimizer_size = sum(v.nbytes for v in optimizer)
             total, total_size = total + optimizer_count, total_size + optimizer_size
         lines += [f" Total params: {total:,} ({_bytes(total_size)})",
-                  f" Trainable params: {trainable:,} ({_bytes(trainable_size)})", " Non-trainable params: 0 (0.00 B)"]
+                  f" Trainable params: {trainable:,} ({_bytes(trainable_size)})",
+                  f" Non-trainable params: {fixed:,} ({_bytes(fixed_size)})"]
         if optimizer is not None:
             lines.append(f" Optimizer params: {optimizer_count:,} ({_bytes(optimizer_size)})")
         for line in lines:
@@ -805,7 +925,7 @@ class Sequential:
         for layer in self._all_layers:
             entry = _keras_config.keras_object("keras.layers", type(layer).__name__, dict(layer.get_config(),
                                                                                         dtype=dtype))
-            if isinstance(layer, Dense) and layer.built:
+            if isinstance(layer, (Dense, BatchNormalization)) and layer.built:
                 entry["build_config"] = {"input_shape": [None, layer.input_dim]}
                 width = layer.units
             elif isinstance(layer, Flatten) and width is not None:
@@ -826,13 +946,14 @@ class Sequential:
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ValueError(f"A Sequential config is a dict with a 'layers' list. Received: {config!r}")
         classes = {"InputLayer": InputLayer, "Dense": Dense, "Flatten": Flatten, "Activation": Activation,
-                   "Dropout": Dropout}
+                   "Dropout": Dropout, "BatchNormalization": BatchNormalization}
         entries = [_keras_config.unpack(entry, "layer") for entry in config["layers"]]
         unsupported = [f"{settings.get('name', '?')!r} ({name})" for name, settings in entries if name not in classes]
         if unsupported:
             raise ValueError(f"fastmlp cannot build this model: it supports the layers {', '.join(classes)}; "
                              f"unsupported: {', '.join(unsupported)}.")
-        dtypes = {_policy_name(settings.get("dtype")) for name, settings in entries if name == "Dense"} - {None}
+        dtypes = {_policy_name(settings.get("dtype")) for name, settings in entries
+                  if name in ("Dense", "BatchNormalization")} - {None}
         if len(dtypes) > 1:
             raise ValueError(f"fastmlp models have one float type; this config mixes {sorted(dtypes)}.")
         layers = []
@@ -874,6 +995,26 @@ def _policy_name(dtype):
     if dtype is not None and dtype not in ("float32", "float64"):
         raise ValueError(f"fastmlp computes in float32 or float64; this model uses the dtype policy {dtype!r}.")
     return dtype
+
+
+def _wrap(text, width):
+    """`text` in lines of at most `width` characters, broken at spaces; a longer word is folded."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        while len(word) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:width])
+            word = word[width:]
+        if not line:
+            line = word
+        elif len(line) + 1 + len(word) <= width:
+            line += " " + word
+        else:
+            lines.append(line)
+            line = word
+    return lines + [line] if line or not lines else lines
 
 
 def _bytes(n):

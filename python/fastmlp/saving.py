@@ -9,11 +9,13 @@ A ``.keras`` file is a zip of three members, as Keras 3 writes it:
   (optimizer, loss, metrics in Keras's serialized form);
 - ``model.weights.h5`` (HDF5, written with h5py): each layer's variables at
   ``layers/<name>/vars/<i>``, where <name> is the layer's class in snake case numbered per class
-  (``dense``, ``dense_1``, ``flatten``), not the layer's own name; the optimizer's at
-  ``optimizer/vars/<i>``: ``iterations``, ``learning_rate`` (absent with a schedule), then its slots
-  in Keras's order (SGD with momentum: one momentum per weight; Adam and AdamW: momentum and
-  velocity per weight, interleaved; RMSprop: every velocity, then every momentum when
-  ``momentum > 0``; Adagrad: one accumulator per weight).
+  (``dense``, ``dense_1``, ``flatten``, ``batch_normalization``), not the layer's own name (a
+  BatchNormalization's vars: gamma, beta, moving_mean, moving_variance, those it has); the
+  optimizer's at ``optimizer/vars/<i>``: ``iterations``, ``learning_rate`` (absent with a
+  schedule), then its slots in Keras's order, per trainable weight (the moving statistics have
+  none): SGD with momentum: one momentum per weight; Adam and AdamW: momentum and velocity per
+  weight, interleaved; RMSprop: every velocity, then every momentum when ``momentum > 0``;
+  Adagrad: one accumulator per weight.
 
 ``.weights.h5`` files (``save_weights``) hold the same HDF5 content on their own. fastmlp adds its
 shuffling state (the model's shuffle seed and epochs begun) as the ``fastmlp`` attribute of the
@@ -102,7 +104,7 @@ def _layer_paths(model):
 def _slots(model):
     """The optimizer's slot arrays in Keras's order, as (engine arena, weight index) pairs."""
     config = model.optimizer._engine_config()
-    n = len(model.weights)
+    n = len(model.trainable_weights)
     kind = config["kind"]
     if kind == "sgd":
         return [("velocity", i) for i in range(n)] if config["momentum"] else []

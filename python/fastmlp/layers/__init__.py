@@ -1,6 +1,9 @@
-"""Layers: ``Dense``, ``Activation``, ``Dropout``, ``Flatten``, ``Input`` / ``InputLayer``."""
+"""Layers: ``Dense``, ``Activation``, ``BatchNormalization``, ``Dropout``, ``Flatten``, ``Input`` /
+``InputLayer``."""
 
-from . import core
+from . import core, normalization
 from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Layer
+from .normalization import BatchNormalization
 
-__all__ = ["core", "Activation", "Dense", "Dropout", "Flatten", "Input", "InputLayer", "Layer"]
+__all__ = ["core", "normalization", "Activation", "BatchNormalization", "Dense", "Dropout", "Flatten", "Input",
+           "InputLayer", "Layer"]

@@ -56,6 +56,14 @@ class Layer:
     def weights(self):
         return []
 
+    @property
+    def trainable_weights(self):
+        return self.weights
+
+    @property
+    def non_trainable_weights(self):
+        return []
+
     def count_params(self):
         return int(sum(np.prod(w.shape) for w in self.weights))
 
@@ -274,6 +282,17 @@ class Dense(Layer):
     def set_weights(self, weights):
         for target, value in zip(self.weights, self.check_weights(weights)):
             target[...] = value
+
+    def _adopt_views(self, trainable, moving):
+        """Copy the weights into the engine's views (iterators over its arenas, in Keras's order) and
+        keep the views."""
+        view = next(trainable)
+        view[...] = self.kernel
+        self.kernel = view
+        if self.use_bias:
+            view = next(trainable)
+            view[...] = self.bias
+            self.bias = view
 
     _config_keys = ("name", "units", "activation", "use_bias", "kernel_initializer", "bias_initializer",
                     "kernel_regularizer", "bias_regularizer")

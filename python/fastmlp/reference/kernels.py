@@ -428,3 +428,48 @@ def dropout_forward(x, mask, rate):
 
 def dropout_backward(d, mask, rate):
     return np.where(mask, d / d.dtype.type(1.0 - rate), d.dtype.type(0))
+
+
+# ---- batch normalization (csrc/batchnorm.hpp): per feature over the batch rows ----
+
+
+def batchnorm_forward_train(x, gamma, beta, epsilon):
+    """(y, xhat, mean, var, inv) of the training forward on x (B, N): the batch's mean and biased
+    variance (summed in float64, then rounded to x's dtype), inv = 1 / sqrt(var + eps),
+    xhat = (x - mean) * inv, y = (x - mean) * (inv * gamma) + beta. gamma or beta None: 1 or 0."""
+    t = x.dtype.type
+    mean64 = x.astype(np.float64).mean(axis=0)
+    mean = mean64.astype(x.dtype)
+    var = ((x.astype(np.float64) - mean64) ** 2).mean(axis=0).astype(x.dtype)
+    inv = t(1) / np.sqrt(var + t(epsilon))
+    centered = x - mean
+    scale = inv if gamma is None else inv * gamma
+    y = centered * scale
+    return (y if beta is None else y + beta), centered * inv, mean, var, inv
+
+
+def batchnorm_forward_infer(x, moving_mean, moving_var, gamma, beta, epsilon):
+    """The inference forward: (x - moving_mean) * (1 / sqrt(moving_var + eps) * gamma) + beta."""
+    t = x.dtype.type
+    scale = t(1) / np.sqrt(moving_var + t(epsilon))
+    if gamma is not None:
+        scale = scale * gamma
+    y = (x - moving_mean) * scale
+    return y if beta is None else y + beta
+
+
+def batchnorm_update_moving(moving, batch, momentum):
+    """Keras's moving statistic after a training step: moving * momentum + batch * (1 - momentum)."""
+    t = moving.dtype.type
+    return moving * t(momentum) + batch * t(1.0 - momentum)
+
+
+def batchnorm_backward(dy, xhat, gamma, inv):
+    """(dx, dgamma, dbeta) from dy = dL/dy of the training forward: dbeta = sum dy, dgamma =
+    sum dy * xhat (over the batch, in float64), dx = gamma * inv * (dy - dbeta / B - xhat * dgamma / B)."""
+    n = dy.shape[0]
+    dbeta64 = dy.astype(np.float64).sum(axis=0)
+    dgamma64 = (dy.astype(np.float64) * xhat.astype(np.float64)).sum(axis=0)
+    scale = inv if gamma is None else gamma * inv
+    dx = scale * (dy - (dbeta64 / n).astype(dy.dtype) - xhat * (dgamma64 / n).astype(dy.dtype))
+    return dx, dgamma64.astype(dy.dtype), dbeta64.astype(dy.dtype)
