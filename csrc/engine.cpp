@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cmath>
 #include <string>
-#include <thread>
 
 #include "batchnorm.hpp"
 #include "dropout.hpp"
@@ -434,15 +433,8 @@ void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::ui
     require(n > 0, "Cannot train on an empty dataset (0 samples).");
     require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
     if (shuffle) {
-        if (ahead_.ready && ahead_.seed == seed && ahead_.epoch == epoch && ahead_.n == n) {
-            std::swap(order_, ahead_.order);
-        } else {
-            shuffle_permutation(order_, n, seed, epoch);
-        }
-        // Most likely the next begin_epoch: the model's shuffle stream moves one epoch per epoch.
-        ahead_ = Ahead{seed, epoch + 1, n, narrow_, false, std::move(ahead_.order)};
+        shuffle_permutation(order_, n, seed, epoch);
     } else {
-        ahead_.wanted = ahead_.ready = false;
         require(n < (index_t(1) << 32), "At most 2**32 - 1 samples per fit; received " + std::to_string(n) + ".");
         order_.resize(n);
         for (index_t i = 0; i < n; ++i) order_[i] = static_cast<std::uint32_t>(i);
@@ -467,70 +459,44 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
     std::vector<double> step_metrics(metrics_.size());
     using clock = std::chrono::steady_clock;
     auto last_poll = clock::now();
-    auto run_steps = [&] {
-        for (index_t step = sums_.steps_done; step < end; ++step) {
-            const index_t start = step * batch_size_;
-            const index_t B = std::min(batch_size_, n - start);
-            const std::uint32_t* idx = order_.data() + start;
-            std::fill(step_metrics.begin(), step_metrics.end(), 0.0);
-            // The batch's loss, as Keras reports it: the mean over its samples plus the weight
-            // penalties (computed with the weights before this update), times B for the epoch's sum.
-            const double loss = batch_gradients(X, Y, W, idx, B, &step_metrics) + double(B) * penalties(true);
-            if (!std::isfinite(loss)) {
-                // TerminateOnNaN, but the weights stay those before this batch.
-                sums_.stop = StopReason::NonFiniteLoss;
-                this->locate_nonfinite(grads_, sums_);
+    for (index_t step = sums_.steps_done; step < end; ++step) {
+        const index_t start = step * batch_size_;
+        const index_t B = std::min(batch_size_, n - start);
+        const std::uint32_t* idx = order_.data() + start;
+        std::fill(step_metrics.begin(), step_metrics.end(), 0.0);
+        // The batch's loss, as Keras reports it: the mean over its samples plus the weight
+        // penalties (computed with the weights before this update), times B for the epoch's sum.
+        const double loss = batch_gradients(X, Y, W, idx, B, &step_metrics) + double(B) * penalties(true);
+        if (!std::isfinite(loss)) {
+            // TerminateOnNaN, but the weights stay those before this batch.
+            sums_.stop = StopReason::NonFiniteLoss;
+            this->locate_nonfinite(grads_, sums_);
+            break;
+        }
+        clip_gradients(opt_, grads_.data(), segments_);
+        const bool finite = update_weights();
+        update_moving_stats();
+        ++iterations_;
+        sums_.loss += loss;
+        for (std::size_t m = 0; m < step_metrics.size(); ++m) sums_.metrics[m] += step_metrics[m];
+        sums_.samples += B;
+        sums_.weight_sum += weight_total(W ? wb_.data() : nullptr, B);
+        sums_.steps_done = step + 1;
+        if (!finite) {
+            sums_.stop = StopReason::NonFiniteWeights;
+            this->locate_nonfinite(params_, sums_);
+            break;
+        }
+        // The clock is read every 16 steps (a tiny network's step takes about a microsecond).
+        if (this->interrupted_ && step + 1 < end && (step & 15) == 15 &&
+            clock::now() - last_poll >= std::chrono::milliseconds(2)) {
+            last_poll = clock::now();
+            if (this->interrupted_()) {
+                sums_.stop = StopReason::Interrupted;
                 break;
-            }
-            clip_gradients(opt_, grads_.data(), segments_);
-            const bool finite = update_weights();
-            update_moving_stats();
-            ++iterations_;
-            sums_.loss += loss;
-            for (std::size_t m = 0; m < step_metrics.size(); ++m) sums_.metrics[m] += step_metrics[m];
-            sums_.samples += B;
-            sums_.weight_sum += weight_total(W ? wb_.data() : nullptr, B);
-            sums_.steps_done = step + 1;
-            if (!finite) {
-                sums_.stop = StopReason::NonFiniteWeights;
-                this->locate_nonfinite(params_, sums_);
-                break;
-            }
-            // The clock is read every 16 steps (a tiny network's step takes about a microsecond).
-            if (this->interrupted_ && step + 1 < end && (step & 15) == 15 &&
-                clock::now() - last_poll >= std::chrono::milliseconds(2)) {
-                last_poll = clock::now();
-                if (this->interrupted_()) {
-                    sums_.stop = StopReason::Interrupted;
-                    break;
-                }
             }
         }
-    };
-    if (!ahead_.wanted || ahead_.ready || num_threads() == 1) {
-        run_steps();
-        return sums_;
     }
-    // A narrow epoch: the calling thread trains (its denormal mode and interrupt checks are
-    // this thread's) while another pool thread computes the next epoch's order. If no other thread
-    // joins, the caller does both, one after the other.
-    const std::thread::id caller = std::this_thread::get_id();
-    std::atomic<bool> shuffle_claimed{false};
-    bool trained = false;
-    auto shuffle_ahead = [&] {
-        if (!shuffle_claimed.exchange(true)) shuffle_permutation(ahead_.order, ahead_.n, ahead_.seed, ahead_.epoch);
-    };
-    parallel_for(2, [&](int) {
-        if (std::this_thread::get_id() == caller && !trained) {
-            trained = true;
-            run_steps();
-        } else {
-            shuffle_ahead();
-        }
-    });
-    if (!trained) run_steps();
-    shuffle_ahead();
-    ahead_.ready = true;
     return sums_;
 }
 

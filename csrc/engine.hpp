@@ -99,15 +99,6 @@ private:
 
     // Epoch state.
     std::vector<std::uint32_t> order_;
-    // The next epoch's shuffled order, computed ahead by another pool thread while a narrow epoch
-    // trains (its cost is that of the whole epoch's gathers). A pure function of (seed, epoch, n):
-    // begin_epoch takes it only when those match, so the order is the same either way.
-    struct Ahead {
-        std::uint64_t seed = 0, epoch = 0;
-        index_t n = -1;
-        bool wanted = false, ready = false;
-        std::vector<std::uint32_t> order;
-    } ahead_;
     index_t epoch_n_ = 0, batch_size_ = 0;
     EpochSums sums_;
 };
