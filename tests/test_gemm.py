@@ -170,8 +170,8 @@ def test_training_is_bitwise_equal_whatever_the_thread_count(isa):
 
 
 def _train_narrow(threads, verbose_steps):
-    """The seed's shape on the narrow path, several shuffled epochs: with more than one thread the
-    next epoch's order is computed ahead on another thread. verbose_steps trains batch by batch."""
+    """The seed's shape on the narrow path, several shuffled epochs and a second fit that continues
+    the shuffle stream; verbose_steps trains batch by batch."""
     _core.set_num_threads(threads)
     fastmlp.utils.set_random_seed(5)
     rng = np.random.default_rng(1)
@@ -182,7 +182,6 @@ def _train_narrow(threads, verbose_steps):
     model.compile(loss="binary_crossentropy", optimizer=fastmlp.optimizers.SGD(decay=0.001, momentum=0.99))
     callbacks = [fastmlp.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: None)] if verbose_steps else []
     history = model.fit(x, y, epochs=4, batch_size=100, verbose=0, callbacks=callbacks)
-    # A second fit continues the shuffle stream: its first epoch's order was computed ahead.
     history2 = model.fit(x, y, epochs=2, batch_size=100, verbose=0)
     return model.get_weights(), history.history, history2.history
 
