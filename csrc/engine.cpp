@@ -37,6 +37,11 @@ Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<Metr
     for (const LayerSpec& s : layers_) widest = std::max(widest, s.out);
     // Batch normalization runs on the row-major kernels only.
     narrow_ = widest <= kNarrowWidth && !this->has_batchnorm();
+    for (const LayerSpec& s : layers_)
+        for (const double c : {s.kernel_l1, s.kernel_l2, s.bias_l1, s.bias_l2, s.bn_in.gamma_l1, s.bn_in.gamma_l2,
+                               s.bn_in.beta_l1, s.bn_in.beta_l2, s.bn_out.gamma_l1, s.bn_out.gamma_l2,
+                               s.bn_out.beta_l1, s.bn_out.beta_l2})
+            penalized_ = penalized_ || c != 0;
     acts_.resize(layers_.size());
     zs_.resize(layers_.size());
     dropped_.resize(layers_.size());
@@ -108,6 +113,7 @@ void Engine<T>::check_labels(const T* Y, index_t n) const {
 template <typename T>
 double Engine<T>::penalties(bool add_gradients) {
     double total = 0;
+    if (!penalized_) return total;  // no regularizer anywhere (decided once, in the constructor)
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerSpec& s = layers_[l];
         total += weight_penalty(params_.data() + w_off_[l], add_gradients ? grads_.data() + w_off_[l] : nullptr,
@@ -159,6 +165,7 @@ void Engine<T>::backprop_batchnorm(const BatchNormOffsets& off, const BatchNormS
 // After an applied training step: each batch normalization's moving statistics take the batch's.
 template <typename T>
 void Engine<T>::update_moving_stats() {
+    if (!this->has_batchnorm()) return;
     for (std::size_t l = 0; l < layers_.size(); ++l)
         for (const bool input : {true, false}) {
             const BatchNormSpec& bn = input ? layers_[l].bn_in : layers_[l].bn_out;

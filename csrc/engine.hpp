@@ -74,6 +74,7 @@ private:
     // so a given model always takes the same path and gives the same bits).
     static constexpr index_t kNarrowWidth = 16;  // the widest layer (or input) the narrow path takes
     bool narrow_ = false;
+    bool penalized_ = false;  // some layer has a kernel, bias, gamma or beta regularizer
     std::vector<std::pair<index_t, index_t>> segments_;  // each weight array's (offset, size), for clipnorm
 
     // Batch buffers, sized for the largest batch seen (in lanes on the narrow path).
