@@ -98,7 +98,7 @@ def run_torch(torch, weights, x, y, xp, epochs):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         return total / len(xt)
 
     epoch()  # warm-up
