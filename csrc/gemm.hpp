@@ -152,19 +152,33 @@ inline void pack_b(T* dst, const T* B, index_t brs, index_t bcs, index_t kc, ind
         const index_t cols = std::min<index_t>(NR, nc - j0);
         T* d = dst + j0 * kc;
         const T* b = B + j0 * bcs;
-        if (bcs == 1) {
+        if (bcs == 1 && cols == NR) {  // whole panels: NR contiguous values per row, in whole vectors
+            using vec = typename Simd<T>::vec;
+            constexpr index_t W = Simd<T>::width;
+            for (index_t p = 0; p < kc; ++p)
+                for (index_t v = 0; v < NR; v += W) {
+                    vec x;
+                    std::memcpy(&x, b + p * brs + v, sizeof(vec));
+                    std::memcpy(d + p * NR + v, &x, sizeof(vec));
+                }
+        } else if (bcs == 1) {
             for (index_t p = 0; p < kc; ++p) {
                 const T* row = b + p * brs;
                 for (index_t j = 0; j < cols; ++j) d[p * NR + j] = row[j];
                 for (index_t j = cols; j < NR; ++j) d[p * NR + j] = T(0);
             }
         } else {
-            for (index_t j = 0; j < cols; ++j) {
-                const T* col = b + j * bcs;
-                for (index_t p = 0; p < kc; ++p) d[p * NR + j] = col[p * brs];
+            // Column-major B (a transposed operand): read along each column's contiguous p, in
+            // blocks of 16 rows of the panel so that the stores stay within a few cache lines.
+            for (index_t p0 = 0; p0 < kc; p0 += 16) {
+                const index_t p1 = std::min<index_t>(kc, p0 + 16);
+                for (index_t j = 0; j < cols; ++j) {
+                    const T* col = b + j * bcs;
+                    for (index_t p = p0; p < p1; ++p) d[p * NR + j] = col[p * brs];
+                }
+                for (index_t j = cols; j < NR; ++j)
+                    for (index_t p = p0; p < p1; ++p) d[p * NR + j] = T(0);
             }
-            for (index_t j = cols; j < NR; ++j)
-                for (index_t p = 0; p < kc; ++p) d[p * NR + j] = T(0);
         }
     }
 }
