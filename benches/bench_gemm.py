@@ -5,7 +5,9 @@ MLP's at batch 256 (forward, dW = X^T dZ and dX = dZ W^T), and squares from 64 t
 
 fastmlp is timed in C++ (``fastmlp._core.kernels.gemm(..., repeats=n)`` runs the product n times
 between two clock reads, without the Python call); numpy.matmul is timed from Python, as it is
-called. Each result is first checked against float64 NumPy. Both use the same number of threads
+called. Each result is first checked against float64 NumPy; then every fastmlp timing runs, then
+every numpy one (interleaved, OpenBLAS's spinning threads took the second core from fastmlp's
+worker and halved some of its figures). Both use the same number of threads
 (--threads; default: fastmlp's default, the CPUs available). Reported: GFLOP/s (2*M*N*K / time,
 best of --repeats) and the ratio fastmlp / numpy.
 
@@ -72,6 +74,10 @@ def main(argv=None):
     print("-" * len(header))
     failed = False
     with threadpool_limits(limits=threads, user_api="blas"):
+        # Checks first, then all of fastmlp's timings, then all of numpy's: OpenBLAS's threads keep
+        # spinning for a while after each call, and would take the cores from fastmlp's threads if
+        # the two were interleaved (fastmlp's workers sleep 50 us after a product).
+        cases = []
         for name, M, N, K, ta, tb in SEED + MLP + SQUARES:
             a, b = operands(rng, M, N, K, ta, tb)
             c, _ = kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa)
@@ -80,13 +86,19 @@ def main(argv=None):
                 print(f"error: {name}: fastmlp's product differs from float64 NumPy", file=sys.stderr)
                 failed = True
                 continue
+            cases.append((name, M, N, K, ta, tb, a, b))
+        time.sleep(0.5)  # OpenBLAS's threads go back to sleep
+        ours = {}
+        for name, M, N, K, ta, tb, a, b in cases:
+            reps = max(1, int(2e8 / (2.0 * M * N * K)))
+            ours[name] = min(kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa, repeats=reps)[1]
+                             for _ in range(args.repeats))
+        for name, M, N, K, ta, tb, a, b in cases:
             flops = 2.0 * M * N * K
             reps = max(1, int(2e8 / flops))
-            ours = min(kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa, repeats=reps)[1]
-                       for _ in range(args.repeats))
             theirs = time_numpy(a, b, ta, tb, reps, args.repeats)
-            print(f"{name:<20} {f'{M} x {N} x {K}':>18} {flops / ours / 1e9:>13.2f} {flops / theirs / 1e9:>11.2f} "
-                  f"{theirs / ours:>13.2f}x {100 * flops / ours / 1e9 / peak:>6.1f}%", flush=True)
+            print(f"{name:<20} {f'{M} x {N} x {K}':>18} {flops / ours[name] / 1e9:>13.2f} {flops / theirs / 1e9:>11.2f} "
+                  f"{theirs / ours[name]:>13.2f}x {100 * flops / ours[name] / 1e9 / peak:>6.1f}%", flush=True)
     print("(fastmlp/numpy = numpy's time / fastmlp's; fastmlp timed in C++, numpy from Python)")
     return 1 if failed else 0
 
