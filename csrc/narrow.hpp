@@ -68,7 +68,8 @@ inline void with_group(index_t g, F&& f) {
 // with In (P, L) row-major, C[p][r] = coef[p * cs + r * rs] broadcast once, and fin_r the
 // epilogue: + bias[r] (bias not null), then relu's max(., 0) when relu is set, then, when mask is
 // not null, relu's derivative through mask (the previous layer's output: O := mask > 0 ? O : 0).
-// Every element is the same chain as lanes_mul_add row by row gives, so the same bits.
+// Every element is the chain of dense_forward_naive and the GEMM (mul_add from 0 over p ascending,
+// then + bias, then the activation), so the same bits.
 template <int G, typename T>
 inline void lanes_product(T* O, index_t ors, const T* In, const T* coef, index_t cs, index_t rs, index_t P,
                           index_t L, const T* bias, bool relu, const T* mask) {
@@ -183,22 +184,6 @@ void narrow_softmax(T* A, index_t F, index_t L) {
         }
         const vec inv = T(1) / s;
         for (index_t f = 0; f < F; ++f) store_lanes(A + f * L + l, load_lanes(A + f * L + l) * inv);
-    }
-}
-
-// z[l] := mul_add(x[l], w, c[l]) for l < L (c null: from 0), L a multiple of kLaneBlock; z may be c.
-// Written with explicit vectors: GCC does not vectorize a loop of scalar fused multiply-adds.
-template <typename T>
-inline void lanes_mul_add(T* z, const T* x, T w, const T* c, index_t L) {
-    using vec = typename Simd<T>::vec;
-    constexpr index_t W = Simd<T>::width;
-    const vec wv = splat(w);
-    for (index_t l = 0; l < L; l += W) {
-        vec xv, cv{};
-        std::memcpy(&xv, x + l, sizeof(vec));
-        if (c) std::memcpy(&cv, c + l, sizeof(vec));
-        const vec out = mul_add(xv, wv, cv);
-        std::memcpy(z + l, &out, sizeof(vec));
     }
 }
 
