@@ -235,25 +235,7 @@ void bind_engine(py::module_& m, const char* name) {
                                             std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
             const auto w = sample_weights<T>(sw, n);
             const T* wp = w ? w->data() : nullptr;
-            EpochSums s;
-            {
-                py::gil_scoped_release release;
-                std::lock_guard<std::mutex> lock(e.mutex());
-                // Ctrl-C: Python's handler only sets a flag; polling it needs the GIL, taken for a
-                // moment every few milliseconds. On a signal, the KeyboardInterrupt it raises is
-                // left set and re-raised below, once the step in progress has finished.
-                struct Reset {  // the check must not outlive this call, even when train_steps throws
-                    E& e;
-                    ~Reset() { e.set_interrupt_check(nullptr); }
-                } reset{e};
-                e.set_interrupt_check([] {
-                    py::gil_scoped_acquire acquire;
-                    return PyErr_CheckSignals() != 0;
-                });
-                s = e.train_steps(x.data(), y.data(), n, max_steps, wp);
-            }
-            if (s.stop == StopReason::Interrupted && PyErr_Occurred()) throw py::error_already_set();
-            return sums_to_dict(s);
+            return train_interruptibly(e, [&] { return e.train_steps(x.data(), y.data(), n, max_steps, wp); });
         }, py::arg("x"), py::arg("y"), py::arg("max_steps"), py::arg("sample_weight") = py::none())
         .def("predict", [](E& e, const carray<T>& x, index_t batch_size) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);

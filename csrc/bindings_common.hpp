@@ -1,12 +1,13 @@
 // What both Python extensions (fastmlp._core, csrc/bindings.cpp, and fastmlp._cuda,
 // csrc/cuda/bindings_cuda.cpp) take from Python and give back the same way: the input array type,
-// the row check, an optimizer setting, and an epoch's sums as a dict.
+// the row check, an optimizer setting, an epoch's sums as a dict, and an interruptible training call.
 #pragma once
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -90,6 +91,31 @@ inline py::dict sums_to_dict(const EpochSums& s) {
     d["bad_layer"] = s.bad_layer;
     d["bad_part"] = s.bad_part;
     return d;
+}
+
+// Runs train() (one engine's train_steps, returning its EpochSums) with the GIL released and the
+// engine's mutex held, and returns the sums as a dict. Ctrl-C: Python's handler only sets a flag;
+// polling it needs the GIL, taken for a moment every few milliseconds through the engine's
+// interrupt check. On a signal, the KeyboardInterrupt it raises is left set and re-raised here,
+// once the step in progress has finished.
+template <typename E, typename F>
+py::dict train_interruptibly(E& e, F&& train) {
+    EpochSums s;
+    {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(e.mutex());
+        struct Reset {  // the check must not outlive this call, even when train throws
+            E& e;
+            ~Reset() { e.set_interrupt_check(nullptr); }
+        } reset{e};
+        e.set_interrupt_check([] {
+            py::gil_scoped_acquire acquire;
+            return PyErr_CheckSignals() != 0;
+        });
+        s = train();
+    }
+    if (s.stop == StopReason::Interrupted && PyErr_Occurred()) throw py::error_already_set();
+    return sums_to_dict(s);
 }
 
 }  // namespace bind

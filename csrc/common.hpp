@@ -196,4 +196,13 @@ inline void require(bool ok, const char* what) {
     if (!ok) throw std::invalid_argument(what);
 }
 
+// The loss options every engine takes: Huber's delta (> 0) and Keras's label_smoothing (in [0, 1],
+// not with sparse labels).
+inline void check_loss_options(double huber_delta, double label_smoothing, bool sparse) {
+    require(huber_delta > 0, "Huber's delta must be positive; received " + std::to_string(huber_delta) + ".");
+    require(label_smoothing >= 0 && label_smoothing <= 1,
+            "label_smoothing must be in [0, 1]; received " + std::to_string(label_smoothing) + ".");
+    require(label_smoothing == 0 || !sparse, "label_smoothing does not apply to sparse labels.");
+}
+
 }  // namespace fastmlp

@@ -60,10 +60,7 @@ public:
     // Huber's delta and Keras's label_smoothing (cross-entropies: y (1 - s) + s k, k = 1/2 for the
     // binary one, 1/classes for the categorical one), applied to the loss only, not the metrics.
     void set_loss_options(double huber_delta, double label_smoothing) {
-        require(huber_delta > 0, "Huber's delta must be positive; received " + std::to_string(huber_delta) + ".");
-        require(label_smoothing >= 0 && label_smoothing <= 1,
-                "label_smoothing must be in [0, 1]; received " + std::to_string(label_smoothing) + ".");
-        require(label_smoothing == 0 || !is_sparse(loss_), "label_smoothing does not apply to sparse labels.");
+        check_loss_options(huber_delta, label_smoothing, is_sparse(loss_));
         huber_delta_ = huber_delta;
         label_smoothing_ = label_smoothing;
     }

@@ -15,6 +15,7 @@ import fastmlp
 import h5py
 import numpy as np
 import pytest
+import conftest
 from conftest import assert_close
 from fastmlp import _core, regularizers
 from fastmlp._core import kernels
@@ -124,9 +125,7 @@ def keras_model(case):
 
 def assert_scaled_close(actual, expected, rel=2e-5, err_msg=""):
     """|a - e| <= rel * max|e|: relative to each array's scale (test_keras_parity.py's rule)."""
-    expected = np.asarray(expected, np.float64)
-    scale = max(float(np.abs(expected).max()), 1e-12)
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0, atol=rel * scale, err_msg=err_msg)
+    conftest.assert_scaled_close(actual, expected, rel, err_msg, floor=1e-12)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])

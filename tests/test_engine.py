@@ -5,7 +5,7 @@ float64 central finite differences; and one SGD step against a hand-computed upd
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import assert_close, make_problem
 from fastmlp import _core
 from fastmlp.reference import ReferenceEngine
 
@@ -30,23 +30,7 @@ HIDDEN = ("tanh", "sigmoid")  # smooth, so that finite differences apply everywh
 
 
 def _problem(shape, out_act, loss, n, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    classes = 3
-    specs = [(shape[0], shape[1], HIDDEN[0], True), (shape[1], shape[2], HIDDEN[1], False),
-             (shape[2], classes, out_act, True)]
-    x = rng.standard_normal((n, shape[0])).astype(dtype)
-    labels = rng.integers(0, classes, n)
-    if loss.startswith("sparse"):
-        y = labels.reshape(n, 1).astype(dtype)
-    elif loss in ("mean_squared_error", "mean_absolute_error", "huber"):
-        y = rng.standard_normal((n, classes)).astype(dtype)
-    elif loss.startswith("binary") and out_act != "softmax":
-        y = (rng.random((n, classes)) < 0.5).astype(dtype)
-    else:
-        y = np.eye(classes, dtype=dtype)[labels]
-    size = sum(i * o + (o if b else 0) for i, o, _a, b in specs)
-    params = (rng.standard_normal(size) * 0.5).astype(dtype)
-    return specs, x, y, params
+    return make_problem(shape, out_act, loss, n, dtype, HIDDEN, seed=seed)
 
 
 def _native(specs, loss, dtype):

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import assert_close
+import conftest
 
 from fastmlp.layers import Dense, Input
 from fastmlp.models import Sequential
@@ -78,9 +78,7 @@ def goldens():
 
 
 def assert_scaled_close(actual, expected, err_msg=""):
-    expected = np.asarray(expected)
-    assert np.shape(actual) == expected.shape, err_msg
-    assert_close(actual, expected, rtol=0, atol=REL_TO_SCALE * float(np.max(np.abs(expected))), err_msg=err_msg)
+    conftest.assert_scaled_close(actual, expected, REL_TO_SCALE, err_msg)
 
 
 def n_weights(goldens, case):

@@ -15,6 +15,7 @@ import os
 import fastmlp
 import numpy as np
 import pytest
+import conftest
 from conftest import assert_close
 from fastmlp import _core, callbacks
 from fastmlp.layers import Dense, Input
@@ -46,9 +47,7 @@ def goldens():
 
 
 def assert_scaled_close(actual, expected, err_msg=""):
-    expected = np.asarray(expected)
-    assert np.shape(actual) == expected.shape, err_msg
-    assert_close(actual, expected, rtol=0, atol=REL_TO_SCALE * float(np.max(np.abs(expected))), err_msg=err_msg)
+    conftest.assert_scaled_close(actual, expected, REL_TO_SCALE, err_msg)
 
 
 def test_goldens_come_from_keras_3(goldens):

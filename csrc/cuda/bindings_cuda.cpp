@@ -204,22 +204,7 @@ void bind_engine(py::module_& m, const char* name) {
             locked(e, [&] { e.begin_epoch(n, batch_size, shuffle, seed, epoch); });
         })
         .def("train_steps", [](E& e, index_t max_steps) {
-            EpochSums s;
-            {
-                py::gil_scoped_release release;
-                std::lock_guard<std::mutex> lock(e.mutex());
-                struct Reset {  // the check must not outlive this call, even when train_steps throws
-                    E& e;
-                    ~Reset() { e.set_interrupt_check(nullptr); }
-                } reset{e};
-                e.set_interrupt_check([] {
-                    py::gil_scoped_acquire acquire;
-                    return PyErr_CheckSignals() != 0;
-                });
-                s = e.train_steps(max_steps);
-            }
-            if (s.stop == StopReason::Interrupted && PyErr_Occurred()) throw py::error_already_set();
-            return sums_to_dict(s);
+            return train_interruptibly(e, [&] { return e.train_steps(max_steps); });
         }, py::arg("max_steps") = 0)
         .def("predict", [](E& e, const carray<T>& x, index_t batch_size) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);

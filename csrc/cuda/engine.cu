@@ -344,10 +344,7 @@ public:
     }
 
     void set_loss_options(double huber_delta, double label_smoothing) override {
-        require(huber_delta > 0, "Huber's delta must be positive; received " + std::to_string(huber_delta) + ".");
-        require(label_smoothing >= 0 && label_smoothing <= 1,
-                "label_smoothing must be in [0, 1]; received " + std::to_string(label_smoothing) + ".");
-        require(label_smoothing == 0 || !is_sparse(loss_), "label_smoothing does not apply to sparse labels.");
+        check_loss_options(huber_delta, label_smoothing, is_sparse(loss_));
         huber_delta_ = huber_delta;
         label_smoothing_ = label_smoothing;
         drop_graphs();  // the loss parameters are part of a captured step
