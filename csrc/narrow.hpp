@@ -241,14 +241,9 @@ void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T
         if (k == K && !db) break;
         const T* x = k < K ? X + k * L : nullptr;
         T* out = k < K ? dW + k * N : db;
-        for (index_t n0 = 0; n0 < N; n0 += kLaneGroup) {
-            switch (std::min(kLaneGroup, N - n0)) {
-                case 1: lane_dots<1>(out + n0, x, dZ + n0 * L, L); break;
-                case 2: lane_dots<2>(out + n0, x, dZ + n0 * L, L); break;
-                case 3: lane_dots<3>(out + n0, x, dZ + n0 * L, L); break;
-                default: lane_dots<4>(out + n0, x, dZ + n0 * L, L); break;
-            }
-        }
+        for (index_t n0 = 0; n0 < N; n0 += kLaneGroup)
+            with_group(std::min(kLaneGroup, N - n0),
+                       [&](auto G) { lane_dots<decltype(G)::value>(out + n0, x, dZ + n0 * L, L); });
     }
     if (!dX) return;
     // dX rows k0.. k0+G: the chains over n of dZ[n] W[k][n]; relu's derivative in registers.
