@@ -224,6 +224,9 @@ void bind_engine(py::module_& m, const char* name) {
             locked(e, [&] { e.set_weighted_metrics(std::move(flags)); });
         }, py::arg("flags"), "Which metrics the sample weights weight (Keras's weighted_metrics), one flag each.")
         .def_property_readonly("target_cols", &E::target_cols)
+        .def("_set_fused_kernels", [](E& e, bool on) { locked(e, [&] { e.set_fused_kernels(on); }); }, py::arg("on"),
+             "For the tests: whether training may take the fused kernels rather than their layer-by-layer twins "
+             "(the same bits).")
         .def("begin_epoch", [](E& e, index_t n, index_t batch_size, bool shuffle, std::uint64_t seed,
                                std::uint64_t epoch) {
             locked(e, [&] { e.begin_epoch(n, batch_size, shuffle, seed, epoch); });

@@ -37,6 +37,7 @@ Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<Metr
     for (const LayerSpec& s : layers_) widest = std::max(widest, s.out);
     // Batch normalization runs on the row-major kernels only.
     narrow_ = widest <= kNarrowWidth && !this->has_batchnorm();
+    fuse_output_ = narrow_ && narrow_output_fusable(loss, layers_.back().act);
     for (const LayerSpec& s : layers_)
         for (const double c : {s.kernel_l1, s.kernel_l2, s.bias_l1, s.bias_l2, s.bn_in.gamma_l1, s.bn_in.gamma_l2,
                                s.bn_in.beta_l1, s.bn_in.beta_l2, s.bn_out.gamma_l1, s.bn_out.gamma_l2,
@@ -331,6 +332,7 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
 // One batch already gathered feature-major into xb_ (K0, L) and yb_ (yc, L), padding lanes zero.
 template <typename T>
 double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums) {
+    const bool fuse_output = fuse_output_ && this->fused_kernels_;
     const T* in = xb_.data();
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerSpec& s = layers_[l];
@@ -344,15 +346,21 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std:
             narrow_dense_forward(zs_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, Act::Linear);
             act_forward_copy(s.act, zs_[l].data(), acts_[l].data(), s.out * L);
         } else {
-            narrow_dense_forward(acts_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out, s.act);
+            // A fused output stage applies the last layer's softmax itself.
+            const bool last_softmax = fuse_output && l + 1 == layers_.size() && s.act == Act::Softmax;
+            narrow_dense_forward(acts_[l].data(), in, params_.data() + w_off_[l], b, L, s.in, s.out,
+                                 last_softmax ? Act::Linear : s.act);
         }
         in = acts_[l].data();
     }
     const LayerSpec& last = layers_.back();
     const bool last_z = needs_preactivation(last.act);
-    const double loss = narrow_output_loss(loss_, last_z ? Act::Linear : last.act, in,
-                                           loss_targets(yb_.data(), target_cols() * L), B, L, last.out, T(1) / T(B),
-                                           delta_a_.data(), loss_work_, row_work_, T(huber_delta_), W);
+    const T* targets = loss_targets(yb_.data(), target_cols() * L);
+    const double loss =
+        fuse_output ? narrow_output_fused(loss_, last.act, acts_.back().data(), targets, B, L, last.out, T(1) / T(B),
+                                           delta_a_.data(), lane_tmp_.data(), W)
+                     : narrow_output_loss(loss_, last_z ? Act::Linear : last.act, in, targets, B, L, last.out,
+                                          T(1) / T(B), delta_a_.data(), loss_work_, row_work_, T(huber_delta_), W);
     if (last_z) act_backward_row_z(last.act, zs_.back().data(), delta_a_.data(), last.out * L);
     if (metric_sums) add_metrics(*metric_sums, in, yb_.data(), W, B, L);
     // delta_a_ holds the last layer's dZ; each backward writes the previous layer's dZ (its

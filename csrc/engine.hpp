@@ -74,6 +74,7 @@ private:
     // so a given model always takes the same path and gives the same bits).
     static constexpr index_t kNarrowWidth = 16;  // the widest layer (or input) the narrow path takes
     bool narrow_ = false;
+    bool fuse_output_ = false;  // narrow_ and the output stage runs fused (narrow_output_fused)
     bool penalized_ = false;  // some layer has a kernel, bias, gamma or beta regularizer
     std::vector<std::pair<index_t, index_t>> segments_;  // each weight array's (offset, size), for clipnorm
 

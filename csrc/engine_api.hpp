@@ -73,6 +73,10 @@ public:
 
     virtual const char* isa() const = 0;
 
+    // Whether training may take the fused kernels (narrow.hpp narrow_output_fused) rather than
+    // their layer-by-layer twins. Both give the same bits; off only for the tests that check that.
+    void set_fused_kernels(bool on) { fused_kernels_ = on; }
+
     // Keras's weighted_metrics: flags[m] says whether metric m is weighted by the sample weights
     // (its sum then holds sum w_i m_i, to be divided by EpochSums::weight_sum). All false at first.
     void set_weighted_metrics(std::vector<bool> flags) {
@@ -115,6 +119,7 @@ public:
     virtual EpochSums apply_gradients() = 0;
 
 protected:
+    bool fused_kernels_ = true;
     std::vector<LayerSpec> layers_;
     LossKind loss_;
     std::vector<MetricKind> metrics_;

@@ -401,6 +401,118 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
     return total;
 }
 
+// Whether narrow_output_fused takes this loss and output activation.
+inline bool narrow_output_fusable(LossKind kind, Act act) {
+    if (kind == LossKind::BinaryCrossentropy || kind == LossKind::MeanSquaredError)
+        return act == Act::Softmax || act == Act::Sigmoid || act == Act::Linear;
+    return kind == LossKind::CategoricalCrossentropy && act == Act::Softmax;
+}
+
+// Whether every target in Y (n values, n a multiple of the vector width) is 0 or 1.
+template <typename T>
+inline bool all_binary_lanes(const T* Y, index_t n) {
+    using vec = LaneVec<T>;
+    decltype(vec{} == vec{}) bad{};
+    for (index_t k = 0; k < n; k += Simd<T>::width) {
+        const vec y = load_lanes(Y + k);
+        bad |= (y != T(0)) & (y != T(1));
+    }
+    for (std::size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i)
+        if (bad[i]) return false;
+    return true;
+}
+
+// The output stage in one pass over the lanes, for the losses and activations of
+// narrow_output_fusable: per lane vector, softmax (act Softmax: A (C, L) holds the logits and is
+// overwritten by the probabilities; otherwise A is the output P), the loss term into s (L,), the
+// logit gradient into dZ (C, L) (sample weights w (L,) or null applied, padding lanes >= B zero),
+// each with exactly the operations of narrow_softmax and narrow_output_loss, so the same bits.
+// Returns the batch's loss sum (lanes_total of s). narrow_output_loss is its layer-by-layer twin.
+// C is a template parameter so that a lane vector's classes stay in registers.
+template <int C, typename T>
+void narrow_output_lanes(LossKind kind, Act act, T* A, const T* Y, index_t B, index_t L, T scale, T* dZ, T* s,
+                         const T* w) {
+    using vec = LaneVec<T>;
+    constexpr index_t VW = Simd<T>::width;
+    const bool bce = kind == LossKind::BinaryCrossentropy, cce = kind == LossKind::CategoricalCrossentropy;
+    // The binary forms give bce_term's and bce_grad's bits when every target is 0 or 1.
+    const bool binary = bce && all_binary_lanes(Y, C * L);
+    const T sign = bce ? T(-1) : T(1);
+    const T sc = kind == LossKind::MeanSquaredError ? scale * T(2) / T(C) : scale / T(C);
+    for (index_t l = 0; l < L; l += VW) {
+        vec p[C], y[C], d[C];
+        for (int c = 0; c < C; ++c) p[c] = load_lanes(A + c * L + l);
+        for (int c = 0; c < C; ++c) y[c] = load_lanes(Y + c * L + l);
+        if (act == Act::Softmax) {
+            vec m = splat(-std::numeric_limits<T>::infinity());
+            for (int c = 0; c < C; ++c) m = m < p[c] ? p[c] : m;  // std::max(m, a)
+            vec sum{};
+            for (int c = 0; c < C; ++c) {
+                p[c] = vexp(p[c] - m);
+                sum = sum + p[c];
+            }
+            const vec inv = T(1) / sum;
+            for (int c = 0; c < C; ++c) {
+                p[c] = p[c] * inv;
+                store_lanes(A + c * L + l, p[c]);
+            }
+        }
+        vec acc{};
+        if (cce) {
+            vec u{};
+            for (int c = 0; c < C; ++c) u = u + p[c];
+            for (int c = 0; c < C; ++c) acc = acc + y[c] * vlog(clip_prob(p[c] / u));
+            store_lanes(s + l, -acc);
+        } else if (binary) {
+            for (int c = 0; c < C; ++c) acc = acc + bce_term_binary(p[c], y[c]);
+            store_lanes(s + l, sign * acc / T(C));
+        } else {
+            for (int c = 0; c < C; ++c) acc = acc + (bce ? bce_term(p[c], y[c]) : (p[c] - y[c]) * (p[c] - y[c]));
+            store_lanes(s + l, sign * acc / T(C));
+        }
+        if (act == Act::Softmax && cce) {
+            vec u{};
+            for (int c = 0; c < C; ++c) u = u + y[c];
+            for (int c = 0; c < C; ++c) d[c] = scale * (p[c] * u - y[c]);
+        } else if (act == Act::Sigmoid && bce) {
+            for (int c = 0; c < C; ++c) d[c] = sc * (p[c] - y[c]);
+        } else {
+            if (binary) {
+                for (int c = 0; c < C; ++c) d[c] = bce_grad_binary(p[c], y[c], sc);
+            } else {
+                for (int c = 0; c < C; ++c) d[c] = bce ? bce_grad(p[c], y[c], sc) : sc * (p[c] - y[c]);
+            }
+            if (act == Act::Softmax) {
+                vec t{};
+                for (int c = 0; c < C; ++c) t = t + d[c] * p[c];
+                for (int c = 0; c < C; ++c) d[c] = p[c] * (d[c] - t);
+            } else if (act == Act::Sigmoid) {
+                for (int c = 0; c < C; ++c) d[c] = d[c] * (p[c] * (T(1) - p[c]));
+            }
+        }
+        if (w) {
+            const vec wv = load_lanes(w + l);
+            for (int c = 0; c < C; ++c) d[c] = d[c] * wv;
+        }
+        for (int c = 0; c < C; ++c) store_lanes(dZ + c * L + l, d[c]);
+    }
+    for (int c = 0; c < C; ++c) std::fill(dZ + c * L + B, dZ + (c + 1) * L, T(0));
+}
+
+template <typename T>
+double narrow_output_fused(LossKind kind, Act act, T* A, const T* Y, index_t B, index_t L, index_t C, T scale,
+                           T* dZ, T* s, const T* w) {
+    require(narrow_output_fusable(kind, act), "narrow_output_fused: unsupported loss and output activation.");
+    require(C >= 1 && C <= 16, "narrow_output_fused: 1 to 16 classes (the narrow path's widest layer).");
+    auto run = [&](auto Cc) { narrow_output_lanes<decltype(Cc)::value>(kind, act, A, Y, B, L, scale, dZ, s, w); };
+    if (C > kMaxGroup) {
+        with_group(C - kMaxGroup, [&](auto G) { run(std::integral_constant<int, kMaxGroup + decltype(G)::value>{}); });
+    } else {
+        with_group(C, run);
+    }
+    return lanes_total(s, w, B);
+}
+
 // Sum over the B real lanes of the per-sample accuracy (as accuracy_sum, sample weights w included).
 template <typename T>
 double narrow_accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t B, index_t L, index_t C,

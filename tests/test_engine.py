@@ -97,3 +97,47 @@ def test_one_training_step_is_the_keras_update(path, nesterov):
     assert_close(engine.velocity, v, kind="grad")
     assert_close(engine.params, expected, kind="grad")
     assert engine.iterations == 5
+
+
+# Every output stage narrow_output_fused takes (narrow.hpp narrow_output_fusable).
+FUSED_OUTPUTS = [
+    ("softmax", "binary_crossentropy"),
+    ("sigmoid", "binary_crossentropy"),
+    ("linear", "binary_crossentropy"),
+    ("softmax", "mean_squared_error"),
+    ("sigmoid", "mean_squared_error"),
+    ("linear", "mean_squared_error"),
+    ("softmax", "categorical_crossentropy"),
+]
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("targets", ["hard", "soft", "smoothed"])
+@pytest.mark.parametrize("out_act, loss", FUSED_OUTPUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_output_stage_is_bitwise_its_layerwise_twin(dtype, out_act, loss, targets, weighted):
+    # Three epochs of shuffled batches (the last one partial, so padding lanes are exercised),
+    # on the narrow path with the fused output stage and without it: the same bits throughout.
+    specs, x, y, params = _problem(SHAPES["narrow"], out_act, loss, 45, dtype, seed=4)
+    specs = [(i, o, "relu" if a != out_act else a, b) for i, o, a, b in specs[:-1]] + [specs[-1]]
+    rng = np.random.default_rng(5)
+    if targets == "soft" and loss != "mean_squared_error":
+        y = rng.dirichlet(np.ones(y.shape[1]), len(y)).astype(dtype) if out_act == "softmax" \
+            else rng.random(y.shape).astype(dtype)
+    if out_act == "linear" and loss == "binary_crossentropy":
+        x = x * dtype(0.1)  # keeps the linear outputs inside (0, 1) often enough to leave the clip
+    sw = rng.random(len(x)).astype(dtype) + dtype(0.5) if weighted else None
+    results = []
+    for fused in (True, False):
+        engine = _native(specs, loss, dtype)
+        engine._set_fused_kernels(fused)
+        if targets == "smoothed" and loss != "mean_squared_error":
+            engine.set_loss_options(1.0, 0.1)
+        engine.params[:] = params
+        sums = []
+        for epoch in range(3):
+            engine.begin_epoch(len(x), 16, True, 7, epoch)
+            sums.append(engine.train_steps(x, y, 0, sample_weight=sw)["loss"])
+        results.append((engine.params.copy(), sums))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
