@@ -329,11 +329,12 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
     return loss;
 }
 
-// One batch already gathered feature-major into xb_ (K0, L) and yb_ (yc, L), padding lanes zero.
+// One batch already gathered feature-major into bx_ (K0, L), by_ (yc, L) and W (L) or null, padding
+// lanes zero.
 template <typename T>
 double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums) {
     const bool fuse_output = fuse_output_ && this->fused_kernels_;
-    const T* in = xb_.data();
+    const T* in = bx_;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerSpec& s = layers_[l];
         if (s.dropout > 0) {
@@ -355,14 +356,14 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std:
     }
     const LayerSpec& last = layers_.back();
     const bool last_z = needs_preactivation(last.act);
-    const T* targets = loss_targets(yb_.data(), target_cols() * L);
+    const T* targets = loss_targets(by_, target_cols() * L);
     const double loss =
         fuse_output ? narrow_output_fused(loss_, last.act, acts_.back().data(), targets, B, L, last.out, T(1) / T(B),
                                            delta_a_.data(), lane_tmp_.data(), W)
                      : narrow_output_loss(loss_, last_z ? Act::Linear : last.act, in, targets, B, L, last.out,
                                           T(1) / T(B), delta_a_.data(), loss_work_, row_work_, T(huber_delta_), W);
     if (last_z) act_backward_row_z(last.act, zs_.back().data(), delta_a_.data(), last.out * L);
-    if (metric_sums) add_metrics(*metric_sums, in, yb_.data(), W, B, L);
+    if (metric_sums) add_metrics(*metric_sums, in, by_, W, B, L);
     // delta_a_ holds the last layer's dZ; each backward writes the previous layer's dZ (its
     // activation derivative fused in) into the other buffer. A dropout mask on this layer's input,
     // or a previous activation that needs its Z, comes between: the derivative is then applied apart.
@@ -370,7 +371,7 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std:
     T* d_prev = delta_b_.data();
     for (std::size_t l = layers_.size(); l-- > 0;) {
         const LayerSpec& s = layers_[l];
-        const T* x = s.dropout > 0 ? dropped_[l].data() : l == 0 ? xb_.data() : acts_[l - 1].data();
+        const T* x = s.dropout > 0 ? dropped_[l].data() : l == 0 ? bx_ : acts_[l - 1].data();
         T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
         const Act act_prev = l == 0 ? Act::Linear : layers_[l - 1].act;
         const bool apart = l > 0 && (s.dropout > 0 || needs_preactivation(act_prev));
@@ -393,12 +394,21 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std:
 }
 
 // Gather rows idx[0..B) of X and Y into the batch buffers (feature-major on the narrow path, with
-// zero padding lanes) and run forward and backward: grads_ := the batch's gradient. Returns the
-// batch's loss sum and adds its metric sums.
+// zero padding lanes; from `records`, the rows packed by epoch_records, when not null) and run
+// forward and backward: grads_ := the batch's gradient. Returns the batch's loss sum and adds its
+// metric sums.
 template <typename T>
 double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std::uint32_t* idx, index_t B,
-                                  std::vector<double>* metric_sums) {
+                                  std::vector<double>* metric_sums, const T* records) {
     const index_t K = layers_[0].in, yc = target_cols();
+    if (narrow_ && records) {
+        const index_t L = round_up(B, kLaneBlock);
+        gather_lanes(lanes_.data(), records, record_width_, idx, B, L);
+        bx_ = lanes_.data();
+        by_ = bx_ + K * L;
+        bw_ = W ? by_ + yc * L : nullptr;
+        return forward_backward_narrow(B, L, bw_, metric_sums);
+    }
     if (narrow_) {
         const index_t L = round_up(B, kLaneBlock);
         for (index_t k = 0; k < K; ++k) {
@@ -415,7 +425,10 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std:
             for (index_t r = 0; r < B; ++r) wb_[r] = W[idx[r]];
             std::fill(wb_.data() + B, wb_.data() + L, T(0));
         }
-        return forward_backward_narrow(B, L, W ? wb_.data() : nullptr, metric_sums);
+        bx_ = xb_.data();
+        by_ = yb_.data();
+        bw_ = W ? wb_.data() : nullptr;
+        return forward_backward_narrow(B, L, bw_, metric_sums);
     }
     for_chunks(B, std::max<index_t>(1, kElementwiseChunk / (K + yc)), [&](index_t lo, index_t hi) {
         for (index_t r = lo; r < hi; ++r) {
@@ -425,7 +438,32 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std:
             if (W) wb_[r] = W[src];
         }
     });
-    return forward_backward(xb_.data(), yb_.data(), W ? wb_.data() : nullptr, B, metric_sums);
+    bw_ = W ? wb_.data() : nullptr;
+    return forward_backward(xb_.data(), yb_.data(), bw_, B, metric_sums);
+}
+
+// The narrow path's records of the epoch's training rows (pack_records), made at its first
+// train_steps and kept while the same arrays come back; null when too large to copy (the batches
+// are then gathered from X and Y directly).
+template <typename T>
+const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n) {
+    constexpr index_t kMaxRecordBytes = index_t(64) << 20;
+    const index_t K = layers_[0].in, yc = target_cols();
+    const index_t width = round_up(K + yc + (W ? 1 : 0), 4);
+    if (!narrow_ || !this->fused_kernels_ || n * width * index_t(sizeof(T)) > kMaxRecordBytes) return nullptr;
+    if (!records_fresh_ || records_of_[0] != X || records_of_[1] != Y || records_of_[2] != W || records_n_ != n) {
+        record_width_ = width;
+        records_.resize(n * width);
+        pack_records(records_.data(), width, X, K, Y, yc, W, n);
+        records_of_[0] = X;
+        records_of_[1] = Y;
+        records_of_[2] = W;
+        records_n_ = n;
+        records_fresh_ = true;
+    }
+    const index_t L = round_up(std::min(batch_size_, n), kLaneBlock);
+    if (static_cast<index_t>(lanes_.size()) < width * L) lanes_.resize(width * L);
+    return records_.data();
 }
 
 // The fused optimizer update over the whole arena, split over the pool; false if a weight became
@@ -456,6 +494,7 @@ void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::ui
     }
     epoch_n_ = n;
     batch_size_ = batch_size;
+    records_fresh_ = false;  // the data is read again at the epoch's first train_steps
     sums_ = EpochSums{};
     sums_.metrics.assign(metrics_.size(), 0.0);
     sums_.steps_total = (n - 1) / batch_size + 1;
@@ -472,6 +511,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
     if (max_steps > 0) end = std::min(end, sums_.steps_done + max_steps);
     sums_.stop = StopReason::None;
     std::vector<double> step_metrics(metrics_.size());
+    const T* records = epoch_records(X, Y, W, n);
     using clock = std::chrono::steady_clock;
     auto last_poll = clock::now();
     for (index_t step = sums_.steps_done; step < end; ++step) {
@@ -481,7 +521,8 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
         std::fill(step_metrics.begin(), step_metrics.end(), 0.0);
         // The batch's loss, as Keras reports it: the mean over its samples plus the weight
         // penalties (computed with the weights before this update), times B for the epoch's sum.
-        const double loss = batch_gradients(X, Y, W, idx, B, &step_metrics) + double(B) * penalties(true);
+        const double loss =
+            batch_gradients(X, Y, W, idx, B, &step_metrics, records) + double(B) * penalties(true);
         if (!std::isfinite(loss)) {
             // TerminateOnNaN, but the weights stay those before this batch.
             sums_.stop = StopReason::NonFiniteLoss;
@@ -495,7 +536,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
         sums_.loss += loss;
         for (std::size_t m = 0; m < step_metrics.size(); ++m) sums_.metrics[m] += step_metrics[m];
         sums_.samples += B;
-        sums_.weight_sum += weight_total(W ? wb_.data() : nullptr, B);
+        sums_.weight_sum += weight_total(bw_, B);
         sums_.steps_done = step + 1;
         if (!finite) {
             sums_.stop = StopReason::NonFiniteWeights;

@@ -52,7 +52,8 @@ private:
     double forward_backward(const T* X, const T* Y, const T* W, index_t B, std::vector<double>* metric_sums);
     double forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums);
     double batch_gradients(const T* X, const T* Y, const T* W, const std::uint32_t* idx, index_t B,
-                           std::vector<double>* metric_sums);
+                           std::vector<double>* metric_sums, const T* records = nullptr);
+    const T* epoch_records(const T* X, const T* Y, const T* W, index_t n);
     void add_metrics(std::vector<double>& sums, const T* P, const T* Y, const T* W, index_t B, index_t L);
     double weight_total(const T* W, index_t B) const;
     void check_labels(const T* Y, index_t n) const;
@@ -96,6 +97,15 @@ private:
     std::vector<double> bn_work_;
     std::vector<T> bn_inv_;  // the inference forward's 1 / sqrt(moving_var + eps)
     std::vector<T> wb_;  // the batch's sample weights (B), or (L) zero-padded on the narrow path
+    // The batch as forward_backward_narrow reads it: inputs (K0, L), targets (yc, L), sample
+    // weights (L) or null; views of xb_, yb_ and wb_, or of lanes_ when gathered from records_.
+    const T *bx_ = nullptr, *by_ = nullptr, *bw_ = nullptr;
+    // The narrow path's copy of the epoch's rows as records (epoch_records, narrow.hpp
+    // pack_records), the arrays and row count it was made from, and a batch gathered from it.
+    std::vector<T> records_, lanes_;
+    index_t record_width_ = 0, records_n_ = 0;
+    const T* records_of_[3] = {};
+    bool records_fresh_ = false;
     std::vector<T> xb_, yb_, delta_a_, delta_b_, loss_work_, row_work_, lane_tmp_, smooth_;
     DenseScratch<T> scratch_;
 

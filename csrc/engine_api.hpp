@@ -73,8 +73,9 @@ public:
 
     virtual const char* isa() const = 0;
 
-    // Whether training may take the fused kernels (narrow.hpp narrow_output_fused) rather than
-    // their layer-by-layer twins. Both give the same bits; off only for the tests that check that.
+    // Whether training may take the fused kernels (narrow.hpp narrow_output_fused) and the record
+    // gathers (pack_records, gather_lanes) rather than their layer-by-layer and direct twins. Both
+    // give the same bits; off only for the tests that check that.
     void set_fused_kernels(bool on) { fused_kernels_ = on; }
 
     // Keras's weighted_metrics: flags[m] says whether metric m is weighted by the sample weights
@@ -92,7 +93,9 @@ public:
     // Keras's sample weights or null (all 1): a batch's loss is sum_i w_i loss_i / B, and its
     // gradient scaled likewise. Layers with dropout drop their inputs here, and only here; batch
     // normalizations use the batch's statistics here and update their moving ones after each
-    // applied step (predict, evaluate and compute_gradients leave them alone).
+    // applied step (predict, evaluate and compute_gradients leave them alone). The narrow path
+    // copies the rows at the epoch's first train_steps (Engine::epoch_records): an epoch reads its
+    // data as it was then, even when a per-batch callback changes the arrays in place.
     virtual void begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) = 0;
     virtual EpochSums train_steps(const T* X, const T* Y, index_t n, index_t max_steps, const T* W = nullptr) = 0;
     // Inference (batch normalizations use their moving statistics): out (n, out_last) overwritten.

@@ -401,6 +401,59 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
     return total;
 }
 
+// The training rows as records, for gather_lanes: R (n, RW) := [X row (K), Y row (yc), W value
+// (when W is not null), zeros up to RW], RW a multiple of 4. One record per sample, so that a
+// batch's gather reads each of its samples with RW / 4 vector loads.
+template <typename T>
+void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t yc, const T* W, index_t n) {
+    const index_t used = K + yc + (W ? 1 : 0);
+    require(RW % 4 == 0 && RW >= used, "pack_records: the record width must be a multiple of 4 that holds a row.");
+    // Column by column, unrolled: a loop over a row's few values (or a memcpy) would cost more
+    // than the values.
+    auto column = [&](index_t k, const T* src, index_t stride) {
+        T* out = R + k;
+#pragma GCC unroll 8
+        for (index_t i = 0; i < n; ++i) out[i * RW] = src[i * stride];
+    };
+    for (index_t k = 0; k < K; ++k) column(k, X + k, K);
+    for (index_t k = 0; k < yc; ++k) column(K + k, Y + k, yc);
+    if (W) column(K + yc, W, 1);
+    const T zero = 0;
+    for (index_t k = used; k < RW; ++k) column(k, &zero, 0);
+}
+
+// The batch's records idx[0..B) into lanes: Out (RW, L), Out[k][r] := R[idx[r]][k], the padding
+// lanes r >= B zero. Four records at a time: four vector loads per four columns, transposed in
+// registers. Copies only, so the same bits as a gather from X and Y.
+template <typename T>
+void gather_lanes(T* Out, const T* R, index_t RW, const std::uint32_t* idx, index_t B, index_t L) {
+    typedef T v4 __attribute__((vector_size(4 * sizeof(T))));
+    typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> I;
+    typedef I m4 __attribute__((vector_size(4 * sizeof(T))));
+    index_t r = 0;
+    for (; r + 4 <= B; r += 4) {
+        const T* a = R + static_cast<index_t>(idx[r]) * RW;
+        const T* b = R + static_cast<index_t>(idx[r + 1]) * RW;
+        const T* c = R + static_cast<index_t>(idx[r + 2]) * RW;
+        const T* d = R + static_cast<index_t>(idx[r + 3]) * RW;
+        for (index_t k = 0; k < RW; k += 4) {
+            v4 va, vb, vc, vd;
+            std::memcpy(&va, a + k, sizeof(v4));
+            std::memcpy(&vb, b + k, sizeof(v4));
+            std::memcpy(&vc, c + k, sizeof(v4));
+            std::memcpy(&vd, d + k, sizeof(v4));
+            const v4 t0 = __builtin_shuffle(va, vb, m4{0, 4, 1, 5}), t1 = __builtin_shuffle(va, vb, m4{2, 6, 3, 7});
+            const v4 t2 = __builtin_shuffle(vc, vd, m4{0, 4, 1, 5}), t3 = __builtin_shuffle(vc, vd, m4{2, 6, 3, 7});
+            const v4 col[4] = {__builtin_shuffle(t0, t2, m4{0, 1, 4, 5}), __builtin_shuffle(t0, t2, m4{2, 3, 6, 7}),
+                               __builtin_shuffle(t1, t3, m4{0, 1, 4, 5}), __builtin_shuffle(t1, t3, m4{2, 3, 6, 7})};
+            for (index_t j = 0; j < 4; ++j) std::memcpy(Out + (k + j) * L + r, &col[j], sizeof(v4));
+        }
+    }
+    for (; r < B; ++r)
+        for (index_t k = 0; k < RW; ++k) Out[k * L + r] = R[static_cast<index_t>(idx[r]) * RW + k];
+    for (index_t k = 0; k < RW; ++k) std::fill(Out + k * L + B, Out + k * L + L, T(0));
+}
+
 // Whether narrow_output_fused takes this loss and output activation.
 inline bool narrow_output_fusable(LossKind kind, Act act) {
     if (kind == LossKind::BinaryCrossentropy || kind == LossKind::MeanSquaredError)
