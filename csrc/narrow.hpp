@@ -499,11 +499,18 @@ void narrow_output_lanes(LossKind kind, Act act, T* A, const T* Y, index_t B, in
         if (act == Act::Softmax) {
             vec m = splat(-std::numeric_limits<T>::infinity());
             for (int c = 0; c < C; ++c) m = m < p[c] ? p[c] : m;  // std::max(m, a)
-            vec sum{};
-            for (int c = 0; c < C; ++c) {
-                p[c] = vexp(p[c] - m);
-                sum = sum + p[c];
+            if constexpr (C == 2) {
+                // One of a - m is 0 in every lane, whose exp is exactly 1: one exp for the other
+                // (NaN lanes stay NaN).
+                const vec x0 = p[0] - m, x1 = p[1] - m;
+                const vec e = vexp(x0 == T(0) ? x1 : x0);
+                p[0] = x0 == T(0) ? T(1) : e;
+                p[1] = x1 == T(0) ? T(1) : e;
+            } else {
+                for (int c = 0; c < C; ++c) p[c] = vexp(p[c] - m);
             }
+            vec sum{};
+            for (int c = 0; c < C; ++c) sum = sum + p[c];
             const vec inv = T(1) / sum;
             for (int c = 0; c < C; ++c) {
                 p[c] = p[c] * inv;

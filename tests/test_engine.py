@@ -113,12 +113,14 @@ FUSED_OUTPUTS = [
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("targets", ["hard", "soft", "smoothed"])
+@pytest.mark.parametrize("classes", [2, 3])  # 2: the softmax's one-exp form
 @pytest.mark.parametrize("out_act, loss", FUSED_OUTPUTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_output_stage_is_bitwise_its_layerwise_twin(dtype, out_act, loss, targets, weighted):
+def test_fused_output_stage_is_bitwise_its_layerwise_twin(dtype, out_act, loss, classes, targets, weighted):
     # Three epochs of shuffled batches (the last one partial, so padding lanes are exercised),
-    # on the narrow path with the fused output stage and without it: the same bits throughout.
-    specs, x, y, params = _problem(SHAPES["narrow"], out_act, loss, 45, dtype, seed=4)
+    # on the narrow path with the fused output stage and the record gathers, and without them:
+    # the same bits throughout.
+    specs, x, y, params = make_problem(SHAPES["narrow"], out_act, loss, 45, dtype, HIDDEN, seed=4, classes=classes)
     specs = [(i, o, "relu" if a != out_act else a, b) for i, o, a, b in specs[:-1]] + [specs[-1]]
     rng = np.random.default_rng(5)
     if targets == "soft" and loss != "mean_squared_error":
