@@ -12,6 +12,11 @@
 // combined in a fixed order (lane_dots), and the batch's loss sums its lanes in eight interleaved
 // partial sums (lanes_total); both are deterministic and the same for every vector width and
 // thread count, but not the row-major kernels' order.
+//
+// Training takes two shortcuts, each with a layer-by-layer or direct twin that gives the same bits
+// (tests/test_engine.py checks them against each other): the output stage runs in one pass
+// (narrow_output_fused), and batches are gathered from the epoch's rows packed as records
+// (pack_records, gather_lanes).
 #pragma once
 
 #include <algorithm>
