@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -43,19 +44,44 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267793994605993438;   // 1 / sqrt
 template <Act A, typename T>
 inline T act_value(T z) {
     static_assert(A != Act::Softmax, "softmax is not elementwise");
-    if constexpr (A == Act::Relu) return z > T(0) ? z : T(0);
-    if constexpr (A == Act::Sigmoid) return T(1) / (T(1) + vexp(-z));
-    if constexpr (A == Act::Tanh) return std::tanh(z);
-    if constexpr (A == Act::LeakyRelu) return z > T(0) ? z : T(kLeakySlope) * z;
-    if constexpr (A == Act::Elu) return z > T(0) ? z : vexp(z) - T(1);
-    if constexpr (A == Act::Selu) return z > T(0) ? T(kSeluScale) * z : T(kSeluScale * kSeluAlpha) * (vexp(z) - T(1));
+    using S = lane_t<T>;  // T itself, or the lane type when act_value_lanes passes a GCC vector
+    if constexpr (A == Act::Relu) return z > S(0) ? z : S(0);
+    if constexpr (A == Act::Sigmoid) return S(1) / (S(1) + vexp(-z));
+    if constexpr (A == Act::Tanh) return vtanh(z);
+    if constexpr (A == Act::LeakyRelu) return z > S(0) ? z : S(kLeakySlope) * z;
+    if constexpr (A == Act::Elu) return z > S(0) ? z : vexp(z) - S(1);
+    if constexpr (A == Act::Selu) return z > S(0) ? S(kSeluScale) * z : S(kSeluScale * kSeluAlpha) * (vexp(z) - S(1));
     if constexpr (A == Act::HardSigmoid) return std::min(std::max(z + T(3), T(0)), T(6)) / T(6);
     if constexpr (A == Act::Softplus) return std::log1p(vexp(-std::abs(z))) + std::max(z, T(0));
     if constexpr (A == Act::Softsign) return z / (T(1) + std::abs(z));
     if constexpr (A == Act::Exponential) return vexp(z);
     if constexpr (A == Act::Gelu) return z * T(0.5) * (T(1) + std::erf(z * T(kSqrtHalf)));
-    if constexpr (A == Act::Swish) return z * (T(1) / (T(1) + vexp(-z)));
+    if constexpr (A == Act::Swish) return z * (S(1) / (S(1) + vexp(-z)));
     return z;
+}
+
+// The activations whose act_value also takes a whole GCC vector (lane by lane the scalar bits).
+template <Act A>
+constexpr bool kLanewiseAct = A == Act::Linear || A == Act::Relu || A == Act::Sigmoid || A == Act::Tanh ||
+                              A == Act::LeakyRelu || A == Act::Elu || A == Act::Selu || A == Act::Exponential ||
+                              A == Act::Swish;
+
+// a[j] := act_value<A>(z[j]) for j < n (a == z allowed), whole vectors at a time where act_value
+// takes them: the same bits, and exp and tanh vectorized (a scalar loop over them does not).
+template <Act A, typename T>
+inline void act_values(const T* z, T* a, index_t n) {
+    index_t j = 0;
+    if constexpr (kLanewiseAct<A>) {
+        typedef T vec __attribute__((vector_size(FASTMLP_VEC_BYTES)));
+        constexpr index_t W = FASTMLP_VEC_BYTES / sizeof(T);
+        for (; j + W <= n; j += W) {
+            vec v;
+            std::memcpy(&v, z + j, sizeof(v));
+            v = act_value<A>(v);
+            std::memcpy(a + j, &v, sizeof(v));
+        }
+    }
+    for (; j < n; ++j) a[j] = act_value<A>(z[j]);
 }
 
 template <Act A, typename T>
@@ -122,9 +148,7 @@ inline void act_forward_row(Act act, T* a, index_t n) {
         softmax_row(a, n);
         return;
     }
-    with_act(act, [&](auto A) {
-        for (index_t j = 0; j < n; ++j) a[j] = act_value<decltype(A)::value>(a[j]);
-    });
+    with_act(act, [&](auto A) { act_values<decltype(A)::value>(a, a, n); });
 }
 
 // Backward: d := d * act'(Z), on one row, with act' written from the output a = act(Z)
@@ -159,9 +183,7 @@ inline void act_backward_row_z(Act act, const T* z, T* d, index_t n) {
 template <typename T>
 inline void act_forward_copy(Act act, const T* z, T* a, index_t n) {
     require(act != Act::Softmax, "act_forward_copy takes elementwise activations; received softmax.");
-    with_act(act, [&](auto A) {
-        for (index_t j = 0; j < n; ++j) a[j] = act_value<decltype(A)::value>(z[j]);
-    });
+    with_act(act, [&](auto A) { act_values<decltype(A)::value>(z, a, n); });
 }
 
 // The same over a (rows, cols) row-major block. Elementwise activations run as one flat loop

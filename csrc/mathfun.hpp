@@ -1,11 +1,11 @@
-// exp and log that the compiler can vectorize (branch-free, inline, no errno), for float.
+// exp, log and tanh that the compiler can vectorize (branch-free, inline, no errno), for float.
 //
 // The C library's expf/logf are calls the compiler cannot vectorize under our flags (no
 // -ffast-math), and on tiny networks the loss and softmax transcendentals cost more than all the
 // matrix products. These are the Cephes polynomials (as in sse_mathfun): within 2 ulp of the
 // correctly rounded result on their domain (measured: within 1 ulp of float64 exp on [-87, 88] and
 // log on [1e-7, 1]), and deterministic (plain IEEE operations, no FMA).
-// double keeps the C library's exp/log: it is the precision path (gradient checks), not the fast one.
+// double keeps the C library's exp/log/tanh: it is the precision path (gradient checks), not the fast one.
 #pragma once
 
 #include <cmath>
@@ -99,7 +99,24 @@ inline V log_fast(V x) {
     return x != x ? x : out;
 }
 
+// tanh(x): Cephes's tanhf on |x| (|x| + |x| z P(z), z = x^2, below 0.625; 1 - 2 / (exp(2|x|) + 1)
+// above, exactly 1 once exp overflows), then x's sign (so -0 stays -0; NaN stays NaN). Measured:
+// within 1.4 ulp of float64 tanh on [-20, 20].
+template <typename V>
+inline V tanh_fast(V x) {
+    using F = FloatLanes<V>;
+    const typename F::I bits = F::to_bits(x);
+    const V ax = F::from_bits(bits & 0x7fffffff);
+    const V z = ax * ax;
+    const V p = ((((z * -5.70498872745e-3f + 2.06390887954e-2f) * z + -5.37397155531e-2f) * z + 1.33314422036e-1f) * z +
+                 -3.33332819422e-1f) * z;
+    const V mag = ax < 0.625f ? p * ax + ax : 1.0f - 2.0f / (exp_fast(ax + ax) + 1.0f);
+    return F::from_bits(F::to_bits(mag) | (bits & ~0x7fffffff));
+}
+
 inline float vexp(float x) { return exp_fast(x); }
+inline float vtanh(float x) { return tanh_fast(x); }
+inline double vtanh(double x) { return std::tanh(x); }
 inline float vlog(float x) { return log_fast(x); }
 inline double vexp(double x) { return std::exp(x); }
 inline double vlog(double x) { return std::log(x); }
@@ -125,6 +142,15 @@ inline V vexp(V x) {
         return exp_fast(x);
     } else {
         for (std::size_t i = 0; i < sizeof(V) / sizeof(x[0]); ++i) x[i] = std::exp(x[i]);
+        return x;
+    }
+}
+template <typename V, typename = std::enable_if_t<!std::is_same_v<lane_t<V>, V>>>
+inline V vtanh(V x) {
+    if constexpr (std::is_same_v<lane_t<V>, float>) {
+        return tanh_fast(x);
+    } else {
+        for (std::size_t i = 0; i < sizeof(V) / sizeof(x[0]); ++i) x[i] = std::tanh(x[i]);
         return x;
     }
 }

@@ -192,16 +192,6 @@ void narrow_softmax(T* A, index_t F, index_t L) {
     }
 }
 
-// The epilogue of a feature-major product: z[l] := act(z[l] + b) (Bias false: act(z[l])).
-template <Act A, bool Bias, typename T>
-inline void epilogue_pass(T* z, T b, index_t L) {
-    for (index_t l = 0; l < L; ++l) {
-        T v = z[l];
-        if constexpr (Bias) v = v + b;
-        z[l] = act_value<A>(v);
-    }
-}
-
 // Dense forward, feature-major:  Z (N, L) := act(W^T X + b)  for X (K, L), W (K, N), b (N,) or null.
 // Per element: the chain acc = mul_add(x_k, w_k, acc) from 0 over k ascending, then + b, then act,
 // as dense_forward_naive and the GEMM. Rows go G <= kMaxGroup at a time through lanes_product,
@@ -218,7 +208,7 @@ void narrow_dense_forward(T* Z, const T* X, const T* W, const T* b, index_t L, i
         });
     }
     if (fused != Act::Linear && !relu)
-        with_act(fused, [&](auto A) { epilogue_pass<decltype(A)::value, false>(Z, T(0), N * L); });
+        with_act(fused, [&](auto A) { act_values<decltype(A)::value>(Z, Z, N * L); });
     if (act == Act::Softmax) narrow_softmax(Z, N, L);
 }
 

@@ -166,3 +166,20 @@ def test_swish_is_silu_and_the_output_only_backward_refuses_them():
             _core.kernels.dense_backward(x, w, a, np.ones_like(a), act)
         with pytest.raises(ValueError, match="pre-activation"):
             ref.act_backward(a, np.ones_like(a), act)
+
+
+def test_float32_tanh_is_within_two_ulp_and_odd():
+    # The native float32 tanh (mathfun.hpp tanh_fast): a polynomial below |z| = 0.625, exp above.
+    # Every float in [-0.7, 0.7] around the switch and a dense sweep of [-20, 20], against float64.
+    z = np.concatenate([np.linspace(-20, 20, 400_001), np.arange(0.6, 0.65, 1e-7), [0.625, -0.625, 1e-30, 50, -50]])
+    z = z.astype(np.float32)
+    a, _ = _core.kernels.activation_z(z, np.ones_like(z), "tanh")
+    exact = np.tanh(z.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(a - exact) / ulp) <= 2.0
+    neg, _ = _core.kernels.activation_z(-z, np.ones_like(z), "tanh")
+    np.testing.assert_array_equal(neg, -a)
+    edge, _ = _core.kernels.activation_z(np.array([-0.0, np.nan, np.inf, -np.inf], np.float32), np.ones(4, np.float32),
+                                        "tanh")
+    assert np.signbit(edge[0]) and edge[0] == 0 and np.isnan(edge[1])
+    np.testing.assert_array_equal(edge[2:], [1, -1])
