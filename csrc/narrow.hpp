@@ -573,6 +573,33 @@ template <typename T>
 double narrow_accuracy_sum(MetricKind kind, const T* P, const T* Y, index_t B, index_t L, index_t C,
                            const T* w = nullptr) {
     double total = 0;
+    if (kind == MetricKind::CategoricalAccuracy || kind == MetricKind::SparseCategoricalAccuracy) {
+        // A lane vector at a time: the first largest class of P (a strictly greater value moves it,
+        // as below) against the label or Y's first largest class; the hits are then added lane by
+        // lane in order, so the same sum as the loop below.
+        using vec = LaneVec<T>;
+        using ivec = decltype(vec{} > vec{});
+        constexpr index_t VW = Simd<T>::width;
+        auto first_max = [&](const T* A, index_t l) {
+            vec best = load_lanes(A + l);
+            ivec at{};
+            for (index_t c = 1; c < C; ++c) {
+                const vec a = load_lanes(A + c * L + l);
+                const ivec more = a > best;
+                best = more ? a : best;
+                at = more ? ivec{} + static_cast<lane_t<ivec>>(c) : at;
+            }
+            return at;
+        };
+        for (index_t l = 0; l < B; l += VW) {
+            const ivec truth = kind == MetricKind::SparseCategoricalAccuracy
+                                   ? __builtin_convertvector(load_lanes(Y + l), ivec)
+                                   : first_max(Y, l);
+            const ivec hit = first_max(P, l) == truth;
+            for (index_t i = 0; i < VW && l + i < B; ++i) total += weighted(double(hit[i] != 0), w, l + i);
+        }
+        return total;
+    }
     for (index_t l = 0; l < B; ++l) {
         if (kind == MetricKind::BinaryAccuracy) {
             index_t hits = 0;

@@ -162,3 +162,32 @@ def test_narrow_epochs_read_the_data_as_it_is_when_they_begin():
             ys[:] = ys[::-1]
         results.append(engine.params.copy())
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("metric, loss", [("categorical_accuracy", "categorical_crossentropy"),
+                                          ("sparse_categorical_accuracy", "sparse_categorical_crossentropy"),
+                                          ("binary_accuracy", "binary_crossentropy")])
+def test_narrow_accuracy_sums_are_the_references_with_ties(metric, loss, weighted):
+    # The narrow path's accuracies (a lane vector at a time for the categorical ones) against the
+    # reference engine's, with tied outputs (classes 0 and 1 get the same column of weights, so the
+    # same probability: the first must win) and tied soft targets; no learning (learning rate 0),
+    # so every epoch sees the same outputs. 45 samples in batches of 16: a partial last batch.
+    out_act = "sigmoid" if metric == "binary_accuracy" else "softmax"
+    specs, x, y, params = make_problem(SHAPES["narrow"], out_act, loss, 45, np.float32, ("relu", "relu"), seed=8,
+                                       classes=4)
+    w_last = params[-(4 * 4 + 4):-4].reshape(4, 4)  # the last layer's (4, 4) kernel, then its bias
+    w_last[:, 1] = w_last[:, 0]
+    params[-3] = params[-4]
+    rng = np.random.default_rng(9)
+    if metric == "categorical_accuracy":
+        y[::3] = np.array([0.5, 0.5, 0, 0], np.float32)  # tied targets: class 0 is the truth
+    sw = (rng.random(len(x)) + 0.5).astype(np.float32) if weighted else None
+    sums = []
+    for engine in (_core.Engine32(specs, loss, [metric], {"learning_rate": 0.0}),
+                   ReferenceEngine(specs, loss, [metric], {"learning_rate": 0.0}, dtype=np.float32)):
+        engine.params[:] = params
+        engine.begin_epoch(len(x), 16, True, 3, 0)
+        sums.append(engine.train_steps(x, y, 0, sample_weight=sw)["metrics"][0])
+    assert sums[0] == pytest.approx(sums[1], rel=1e-12, abs=0)
+    assert 0 < sums[0] < (sw.sum() if weighted else len(x))
