@@ -129,6 +129,25 @@ inline T lane_tree(const typename Simd<T>::vec* acc) {
     return s2[0] + s2[1];
 }
 
+#if FASTMLP_VEC_BYTES == 32
+// lane_tree of four float outputs at once on AVX2, given s[g] = p[j] + p[j+8] (the first addition
+// of each tree): the same additions of the same pairs, the outputs side by side in the lanes. The
+// sums come by value: taking the accumulators' address would keep them in memory in the loop.
+template <int G>
+inline void lane_tree4(float* out, __m256 s0, __m256 s1, __m256 s2, __m256 s3) {
+    // p[j] + p[j+4]: [a | b] and [c | d], four sums each.
+    const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
+    const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(s2, s3, 0x20), _mm256_permute2f128_ps(s2, s3, 0x31));
+    // p[j] + p[j+2]: [a0 a1 c0 c1 | b0 b1 d0 d1]; then p[0] + p[1]: [a c a c | b d b d].
+    const __m256 t = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
+    const __m256 u = _mm256_add_ps(_mm256_shuffle_ps(t, t, 0x88), _mm256_shuffle_ps(t, t, 0xDD));
+    out[0] = u[0];
+    if constexpr (G > 1) out[1] = u[4];
+    if constexpr (G > 2) out[2] = u[1];
+    if constexpr (G > 3) out[3] = u[5];
+}
+#endif
+
 // out[g] := sum over lanes l < L of x[l] * Y[g][l] (x null: of Y[g][l]) for g < G, Y (G, L) with
 // row stride L, L a multiple of kLaneBlock (16). Order, the same for every vector width: 16
 // partial sums p[i] over lanes l = i (mod 16) in ascending blocks (mul_add chains when x is
@@ -149,6 +168,14 @@ inline void lane_dots(T* out, const T* x, const T* Y, index_t L) {
                 acc[g][v] = x ? mul_add(xv, yv, acc[g][v]) : acc[g][v] + yv;
             }
         }
+#if FASTMLP_VEC_BYTES == 32
+    if constexpr (std::is_same_v<T, float> && G <= 4) {
+        __m256 h[4];
+        for (int g = 0; g < 4; ++g) h[g] = g < G ? (__m256)(acc[g][0] + acc[g][1]) : _mm256_setzero_ps();
+        lane_tree4<G>(out, h[0], h[1], h[2], h[3]);
+        return;
+    }
+#endif
     for (int g = 0; g < G; ++g) out[g] = lane_tree<T>(acc[g]);
 }
 
