@@ -378,7 +378,7 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std:
         const T* a_prev = l == 0 ? x : acts_[l - 1].data();
         narrow_dense_backward(l == 0 ? static_cast<T*>(nullptr) : d_prev, grads_.data() + w_off_[l], db, d, x,
                               params_.data() + w_off_[l], L, s.in, s.out, apart ? Act::Linear : act_prev, a_prev,
-                              lane_tmp_.data());
+                              lane_tmp_.data(), this->fused_kernels_);
         if (apart) {
             if (s.dropout > 0) dropout_backward(d_prev, masks_[l].data(), s.in * L, s.dropout);
             if (needs_preactivation(act_prev))

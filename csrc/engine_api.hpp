@@ -73,9 +73,9 @@ public:
 
     virtual const char* isa() const = 0;
 
-    // Whether training may take the fused kernels (narrow.hpp narrow_output_fused) and the record
-    // gathers (pack_records, gather_lanes) rather than their layer-by-layer and direct twins. Both
-    // give the same bits; off only for the tests that check that.
+    // Whether training may take the fused kernels (narrow.hpp narrow_output_fused, lane_tree4) and
+    // the record gathers (pack_records, gather_lanes) rather than their layer-by-layer, one-by-one
+    // and direct twins. Both give the same bits; off only for the tests that check that.
     void set_fused_kernels(bool on) { fused_kernels_ = on; }
 
     // Keras's weighted_metrics: flags[m] says whether metric m is weighted by the sample weights

@@ -151,9 +151,11 @@ inline void lane_tree4(float* out, __m256 s0, __m256 s1, __m256 s2, __m256 s3) {
 // out[g] := sum over lanes l < L of x[l] * Y[g][l] (x null: of Y[g][l]) for g < G, Y (G, L) with
 // row stride L, L a multiple of kLaneBlock (16). Order, the same for every vector width: 16
 // partial sums p[i] over lanes l = i (mod 16) in ascending blocks (mul_add chains when x is
-// given), then lane_tree. G rows at a time share the loads of x.
+// given), then lane_tree. G rows at a time share the loads of x. side_by_side: on AVX2, the G
+// trees reduced together (lane_tree4); false takes lane_tree, for the tests.
 template <int G, typename T>
-inline void lane_dots(T* out, const T* x, const T* Y, index_t L) {
+inline void lane_dots(T* out, const T* x, const T* Y, index_t L, bool side_by_side = true) {
+    (void)side_by_side;  // only the AVX2 variant has lane_tree4
     using vec = typename Simd<T>::vec;
     constexpr index_t W = Simd<T>::width;
     constexpr index_t NA = kLaneBlock / W;
@@ -169,7 +171,7 @@ inline void lane_dots(T* out, const T* x, const T* Y, index_t L) {
             }
         }
 #if FASTMLP_VEC_BYTES == 32
-    if constexpr (std::is_same_v<T, float> && G <= 4) {
+    if constexpr (std::is_same_v<T, float> && G <= 4) if (side_by_side) {
         __m256 h[4];
         for (int g = 0; g < 4; ++g) h[g] = g < G ? (__m256)(acc[g][0] + acc[g][1]) : _mm256_setzero_ps();
         lane_tree4<G>(out, h[0], h[1], h[2], h[3]);
@@ -254,7 +256,7 @@ void narrow_softmax_backward(const T* A, T* D, index_t F, index_t L, T* tmp) {
 //   products; skipped when dX is null. tmp holds L values.
 template <typename T>
 void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T* W, index_t L, index_t K, index_t N,
-                           Act act_prev, const T* A_prev, T* tmp) {
+                           Act act_prev, const T* A_prev, T* tmp, bool side_by_side = true) {
     require(!needs_preactivation(act_prev), "narrow_dense_backward: gelu and swish need the pre-activation; pass "
                                             "Linear and apply act_backward_row_z.");
     // dW row k and db: lane sums, kLaneGroup columns at a time (lane_dots; y null for db).
@@ -265,7 +267,7 @@ void narrow_dense_backward(T* dX, T* dW, T* db, const T* dZ, const T* X, const T
         T* out = k < K ? dW + k * N : db;
         for (index_t n0 = 0; n0 < N; n0 += kLaneGroup)
             with_group(std::min(kLaneGroup, N - n0),
-                       [&](auto G) { lane_dots<decltype(G)::value>(out + n0, x, dZ + n0 * L, L); });
+                       [&](auto G) { lane_dots<decltype(G)::value>(out + n0, x, dZ + n0 * L, L, side_by_side); });
     }
     if (!dX) return;
     // dX rows k0.. k0+G: the chains over n of dZ[n] W[k][n]; relu's derivative in registers.

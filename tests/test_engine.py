@@ -118,7 +118,8 @@ FUSED_OUTPUTS = [
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_output_stage_is_bitwise_its_layerwise_twin(dtype, out_act, loss, classes, targets, weighted):
     # Three epochs of shuffled batches (the last one partial, so padding lanes are exercised),
-    # on the narrow path with the fused output stage and the record gathers, and without them:
+    # on the narrow path with the fused output stage, the record gathers and the side-by-side lane
+    # trees (float32 on AVX2), and without them:
     # the same bits throughout.
     specs, x, y, params = make_problem(SHAPES["narrow"], out_act, loss, 45, dtype, HIDDEN, seed=4, classes=classes)
     specs = [(i, o, "relu" if a != out_act else a, b) for i, o, a, b in specs[:-1]] + [specs[-1]]
