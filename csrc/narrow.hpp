@@ -482,7 +482,8 @@ void gather_lanes(T* Out, const T* R, index_t RW, const std::uint32_t* idx, inde
 inline bool narrow_output_fusable(LossKind kind, Act act) {
     if (kind == LossKind::BinaryCrossentropy || kind == LossKind::MeanSquaredError)
         return act == Act::Softmax || act == Act::Sigmoid || act == Act::Linear;
-    return kind == LossKind::CategoricalCrossentropy && act == Act::Softmax;
+    return (kind == LossKind::CategoricalCrossentropy || kind == LossKind::SparseCategoricalCrossentropy) &&
+           act == Act::Softmax;
 }
 
 // Whether every target in Y (n values, n a multiple of the vector width) is 0 or 1.
@@ -495,6 +496,28 @@ inline bool all_binary_lanes(const T* Y, index_t n) {
         bad |= (y != T(0)) & (y != T(1));
     }
     for (std::size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i)
+        if (bad[i]) return false;
+    return true;
+}
+
+// Whether each of the B real lanes of Y (C, L) is one-hot: every target 0 or 1, summing to 1.
+template <typename T>
+inline bool all_onehot_lanes(const T* Y, index_t C, index_t B, index_t L) {
+    using vec = LaneVec<T>;
+    using ivec = decltype(vec{} > vec{});
+    constexpr index_t VW = Simd<T>::width;
+    ivec bad{}, lane{};
+    for (index_t i = 0; i < VW; ++i) lane[i] = static_cast<lane_t<ivec>>(i);
+    for (index_t l = 0; l < B; l += VW) {
+        vec sum{};
+        for (index_t c = 0; c < C; ++c) {
+            const vec y = load_lanes(Y + c * L + l);
+            bad |= (y != T(0)) & (y != T(1));
+            sum = sum + y;
+        }
+        bad |= (sum != T(1)) & (lane + static_cast<lane_t<ivec>>(l) < static_cast<lane_t<ivec>>(B));
+    }
+    for (index_t i = 0; i < VW; ++i)
         if (bad[i]) return false;
     return true;
 }
@@ -512,14 +535,23 @@ void narrow_output_lanes(LossKind kind, Act act, T* A, const T* Y, index_t B, in
     using vec = LaneVec<T>;
     constexpr index_t VW = Simd<T>::width;
     const bool bce = kind == LossKind::BinaryCrossentropy, cce = kind == LossKind::CategoricalCrossentropy;
-    // The binary forms give bce_term's and bce_grad's bits when every target is 0 or 1.
+    const bool sparse = kind == LossKind::SparseCategoricalCrossentropy;  // Y (1, L): class ids
+    // The binary forms give bce_term's and bce_grad's bits when every target is 0 or 1; with one-hot
+    // targets, the categorical sum over classes is its one nonzero term (the others add -0), so
+    // one log per lane gives its bits.
     const bool binary = bce && all_binary_lanes(Y, C * L);
+    const bool onehot = cce && all_onehot_lanes(Y, C, B, L);
     const T sign = bce ? T(-1) : T(1);
     const T sc = kind == LossKind::MeanSquaredError ? scale * T(2) / T(C) : scale / T(C);
     for (index_t l = 0; l < L; l += VW) {
         vec p[C], y[C], d[C];
         for (int c = 0; c < C; ++c) p[c] = load_lanes(A + c * L + l);
-        for (int c = 0; c < C; ++c) y[c] = load_lanes(Y + c * L + l);
+        if (sparse) {
+            const vec label = load_lanes(Y + l);
+            for (int c = 0; c < C; ++c) y[c] = label == T(c) ? T(1) : T(0);
+        } else {
+            for (int c = 0; c < C; ++c) y[c] = load_lanes(Y + c * L + l);
+        }
         if (act == Act::Softmax) {
             vec m = splat(-std::numeric_limits<T>::infinity());
             for (int c = 0; c < C; ++c) m = m < p[c] ? p[c] : m;  // std::max(m, a)
@@ -542,7 +574,12 @@ void narrow_output_lanes(LossKind kind, Act act, T* A, const T* Y, index_t B, in
             }
         }
         vec acc{};
-        if (cce) {
+        if (sparse || onehot) {
+            vec u{}, q = p[0];
+            for (int c = 0; c < C; ++c) u = u + p[c];
+            for (int c = 1; c < C; ++c) q = y[c] == T(1) ? p[c] : q;
+            store_lanes(s + l, -vlog(clip_prob(q / u)));
+        } else if (cce) {
             vec u{};
             for (int c = 0; c < C; ++c) u = u + p[c];
             for (int c = 0; c < C; ++c) acc = acc + y[c] * vlog(clip_prob(p[c] / u));
@@ -554,7 +591,9 @@ void narrow_output_lanes(LossKind kind, Act act, T* A, const T* Y, index_t B, in
             for (int c = 0; c < C; ++c) acc = acc + (bce ? bce_term(p[c], y[c]) : (p[c] - y[c]) * (p[c] - y[c]));
             store_lanes(s + l, sign * acc / T(C));
         }
-        if (act == Act::Softmax && cce) {
+        if (sparse) {
+            for (int c = 0; c < C; ++c) d[c] = scale * (p[c] - y[c]);
+        } else if (act == Act::Softmax && cce) {
             vec u{};
             for (int c = 0; c < C; ++c) u = u + y[c];
             for (int c = 0; c < C; ++c) d[c] = scale * (p[c] * u - y[c]);

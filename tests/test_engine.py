@@ -108,6 +108,7 @@ FUSED_OUTPUTS = [
     ("sigmoid", "mean_squared_error"),
     ("linear", "mean_squared_error"),
     ("softmax", "categorical_crossentropy"),
+    ("softmax", "sparse_categorical_crossentropy"),
 ]
 
 
@@ -121,6 +122,8 @@ def test_fused_output_stage_is_bitwise_its_layerwise_twin(dtype, out_act, loss, 
     # on the narrow path with the fused output stage, the record gathers and the side-by-side lane
     # trees (float32 on AVX2), and without them:
     # the same bits throughout.
+    if loss.startswith("sparse") and targets != "hard":
+        pytest.skip("class ids are hard targets, and Keras refuses label smoothing with them")
     specs, x, y, params = make_problem(SHAPES["narrow"], out_act, loss, 45, dtype, HIDDEN, seed=4, classes=classes)
     specs = [(i, o, "relu" if a != out_act else a, b) for i, o, a, b in specs[:-1]] + [specs[-1]]
     rng = np.random.default_rng(5)
