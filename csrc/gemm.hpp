@@ -186,9 +186,10 @@ inline void pack_b(T* dst, const T* B, index_t brs, index_t bcs, index_t kc, ind
 // Microkernel: the (kMR, NR) tile C := (accumulate ? C : 0) + Ap Bp, one mul_add chain per element
 // over p ascending, then + bias (NR entries) when bias is not null. Ap: (kc, kMR) and Bp: (kc, NR)
 // packed micro-panels. C has row stride ldc and all kMR x NR entries are read/written.
-template <typename T>
+// Unpacked A (gemm_skinny): row r, column p of the tile's A at Ap[r * ars + p], ars given.
+template <typename T, bool kPackedA = true>
 inline void micro_kernel(index_t kc, const T* __restrict Ap, const T* __restrict Bp, T* C, index_t ldc,
-                         bool accumulate, const T* bias) {
+                         bool accumulate, const T* bias, index_t ars = 0) {
     using vec = typename Simd<T>::vec;
     constexpr index_t W = Simd<T>::width;
     vec acc[kMR][kNV];
@@ -204,7 +205,7 @@ inline void micro_kernel(index_t kc, const T* __restrict Ap, const T* __restrict
         vec b[kNV];
         for (int v = 0; v < kNV; ++v) std::memcpy(&b[v], Bp + p * kNV * W + v * W, sizeof(vec));
         for (int r = 0; r < kMR; ++r) {
-            const vec a = splat(Ap[p * kMR + r]);
+            const vec a = splat(kPackedA ? Ap[p * kMR + r] : Ap[r * ars + p]);
             for (int v = 0; v < kNV; ++v) acc[r][v] = mul_add(a, b[v], acc[r][v]);
         }
     }
@@ -365,6 +366,43 @@ void gemm_direct(const GemmArgs<T>& g) {
     }
 }
 
+// Few columns (N <= NR: an output layer of 10 classes), many rows, A row-major: B packed into one
+// NR-wide panel and each kMR-row tile of C computed from A's rows as they are (no packing of A,
+// no blocking of K: one chain per element in registers), row tiles split over the threads. The
+// chains are the GEMM's, so the same bits.
+template <typename T>
+void gemm_skinny(const GemmArgs<T>& g) {
+    constexpr index_t NR = gemm_nr<T>();
+    T* Bp = gemm_buffer<T>(1, g.K * NR);
+    pack_b(Bp, g.B, g.brs, g.bcs, g.K, g.N);
+    const index_t tiles = (g.M + kMR - 1) / kMR;
+    auto rows = [&](index_t t0, index_t t1) {
+        for (index_t t = t0; t < t1; ++t) {
+            const index_t m0 = t * kMR, mr = std::min<index_t>(kMR, g.M - m0);
+            T tile[kMR * NR];
+            if (mr == kMR) {
+                micro_kernel<T, false>(g.K, g.A + m0 * g.ars, Bp, tile, NR, false, g.bias, g.ars);
+            } else {  // the last rows: a full tile from a copy of them, zero-padded
+                T* a = gemm_buffer<T>(2, kMR * g.K);
+                std::fill(a, a + kMR * g.K, T(0));
+                for (index_t r = 0; r < mr; ++r) std::copy(g.A + (m0 + r) * g.ars, g.A + (m0 + r) * g.ars + g.K, a + r * g.K);
+                micro_kernel<T, false>(g.K, a, Bp, tile, NR, false, g.bias, g.K);
+            }
+            for (index_t r = 0; r < mr; ++r) {
+                T* c = g.C + (m0 + r) * g.ldc;
+                std::copy(tile + r * NR, tile + r * NR + g.N, c);
+                if (g.act != Act::Linear) act_forward_row(g.act, c, g.N);
+            }
+        }
+    };
+    const int tasks = static_cast<int>(std::min<index_t>(num_threads(), tiles));
+    if (tasks <= 1 || g.M * g.N * g.K < kParallelMacs) {
+        rows(0, tiles);
+        return;
+    }
+    parallel_for(tasks, [&](int t) { rows(tiles * t / tasks, tiles * (t + 1) / tasks); });
+}
+
 template <typename T>
 void gemm(T* C, index_t ldc, const T* A, index_t ars, index_t acs, const T* B, index_t brs, index_t bcs,
           index_t M, index_t N, index_t K, const T* bias, Act act) {
@@ -372,6 +410,10 @@ void gemm(T* C, index_t ldc, const T* A, index_t ars, index_t acs, const T* B, i
     constexpr index_t NR = gemm_nr<T>();
     if (K <= 16 && N <= NR) {
         gemm_direct(g);
+        return;
+    }
+    if (N < NR && M >= 4 * NR && acs == 1 && K >= 1) {
+        gemm_skinny(g);
         return;
     }
     if (N < NR && M >= 4 * NR) {
