@@ -44,7 +44,7 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267793994605993438;   // 1 / sqrt
 template <Act A, typename T>
 inline T act_value(T z) {
     static_assert(A != Act::Softmax, "softmax is not elementwise");
-    using S = lane_t<T>;  // T itself, or the lane type when act_value_lanes passes a GCC vector
+    using S = lane_t<T>;  // T itself, or the lane type when act_values passes a GCC vector
     if constexpr (A == Act::Relu) return z > S(0) ? z : S(0);
     if constexpr (A == Act::Sigmoid) return S(1) / (S(1) + vexp(-z));
     if constexpr (A == Act::Tanh) return vtanh(z);

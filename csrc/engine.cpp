@@ -401,7 +401,7 @@ template <typename T>
 double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std::uint32_t* idx, index_t B,
                                   std::vector<double>* metric_sums, const T* records) {
     const index_t K = layers_[0].in, yc = target_cols();
-    if (narrow_ && records) {
+    if (records) {  // only the narrow path has them
         const index_t L = round_up(B, kLaneBlock);
         gather_lanes(lanes_.data(), records, record_width_, idx, B, L);
         bx_ = lanes_.data();
@@ -451,14 +451,14 @@ const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n)
     const index_t K = layers_[0].in, yc = target_cols();
     const index_t width = round_up(K + yc + (W ? 1 : 0), 4);
     if (!narrow_ || !this->fused_kernels_ || n * width * index_t(sizeof(T)) > kMaxRecordBytes) return nullptr;
-    if (!records_fresh_ || records_of_[0] != X || records_of_[1] != Y || records_of_[2] != W || records_n_ != n) {
+    if (!records_fresh_ || records_of_[0] != X || records_of_[1] != Y || records_of_[2] != W ||
+        static_cast<index_t>(records_.size()) != n * width) {
         record_width_ = width;
         records_.resize(n * width);
         pack_records(records_.data(), width, X, K, Y, yc, W, n);
         records_of_[0] = X;
         records_of_[1] = Y;
         records_of_[2] = W;
-        records_n_ = n;
         records_fresh_ = true;
     }
     const index_t L = round_up(std::min(batch_size_, n), kLaneBlock);

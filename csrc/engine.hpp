@@ -101,9 +101,9 @@ private:
     // weights (L) or null; views of xb_, yb_ and wb_, or of lanes_ when gathered from records_.
     const T *bx_ = nullptr, *by_ = nullptr, *bw_ = nullptr;
     // The narrow path's copy of the epoch's rows as records (epoch_records, narrow.hpp
-    // pack_records), the arrays and row count it was made from, and a batch gathered from it.
+    // pack_records), the arrays it was made from, and a batch gathered from it.
     std::vector<T> records_, lanes_;
-    index_t record_width_ = 0, records_n_ = 0;
+    index_t record_width_ = 0;
     const T* records_of_[3] = {};
     bool records_fresh_ = false;
     std::vector<T> xb_, yb_, delta_a_, delta_b_, loss_work_, row_work_, lane_tmp_, smooth_;

@@ -13,10 +13,11 @@
 // partial sums (lanes_total); both are deterministic and the same for every vector width and
 // thread count, but not the row-major kernels' order.
 //
-// Training takes two shortcuts, each with a layer-by-layer or direct twin that gives the same bits
-// (tests/test_engine.py checks them against each other): the output stage runs in one pass
-// (narrow_output_fused), and batches are gathered from the epoch's rows packed as records
-// (pack_records, gather_lanes).
+// Training takes three shortcuts, each with a twin that gives the same bits (Engine's
+// set_fused_kernels switches to the twins; tests/test_engine.py checks them against each other):
+// the output stage runs in one pass (narrow_output_fused), batches are gathered from the epoch's
+// rows packed as records (pack_records, gather_lanes), and on AVX2 the lane sums' trees are
+// reduced four outputs at a time (lane_tree4).
 #pragma once
 
 #include <algorithm>
@@ -486,20 +487,6 @@ inline bool narrow_output_fusable(LossKind kind, Act act) {
            act == Act::Softmax;
 }
 
-// Whether every target in Y (n values, n a multiple of the vector width) is 0 or 1.
-template <typename T>
-inline bool all_binary_lanes(const T* Y, index_t n) {
-    using vec = LaneVec<T>;
-    decltype(vec{} == vec{}) bad{};
-    for (index_t k = 0; k < n; k += Simd<T>::width) {
-        const vec y = load_lanes(Y + k);
-        bad |= (y != T(0)) & (y != T(1));
-    }
-    for (std::size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i)
-        if (bad[i]) return false;
-    return true;
-}
-
 // Whether each of the B real lanes of Y (C, L) is one-hot: every target 0 or 1, summing to 1.
 template <typename T>
 inline bool all_onehot_lanes(const T* Y, index_t C, index_t B, index_t L) {
@@ -539,7 +526,7 @@ void narrow_output_lanes(LossKind kind, Act act, T* A, const T* Y, index_t B, in
     // The binary forms give bce_term's and bce_grad's bits when every target is 0 or 1; with one-hot
     // targets, the categorical sum over classes is its one nonzero term (the others add -0), so
     // one log per lane gives its bits.
-    const bool binary = bce && all_binary_lanes(Y, C * L);
+    const bool binary = bce && all_binary(Y, C * L);
     const bool onehot = cce && all_onehot_lanes(Y, C, B, L);
     const T sign = bce ? T(-1) : T(1);
     const T sc = kind == LossKind::MeanSquaredError ? scale * T(2) / T(C) : scale / T(C);
