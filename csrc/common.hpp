@@ -8,6 +8,7 @@
 // is outside those namespaces: it is the vocabulary the variants share.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #if defined(__SSE__)
 #include <xmmintrin.h>
@@ -79,6 +80,8 @@ constexpr double kEpsilon = 1e-7;
 // A matrix product C (M, N), row stride ldc := act(op(A) op(B) + bias): A(m, p) = A[m*ars + p*acs],
 // B(p, n) = B[p*brs + n*bcs] (gemm.hpp has the contract).
 template <typename T>
+struct SgdStore;
+template <typename T>
 struct GemmArgs {
     T* C;
     index_t ldc;
@@ -89,6 +92,21 @@ struct GemmArgs {
     index_t M, N, K;
     const T* bias;
     Act act;
+    const SgdStore<T>* sgd = nullptr;  // gemm_sgd: the momentum-SGD step applied with C's final values
+};
+
+// The momentum-SGD step (optim.hpp, sgd_momentum_step with mu != 0; mu == 0: w -= g*lr) that a
+// weight-gradient product applies with each element g = C[m, n] once it is final: W[m, n] and
+// V[m, n] (row stride ld) are updated in place, and *bad is set nonzero when a new weight is
+// NaN or infinite. C is scratch (written when the product's K is blocked, undefined after).
+template <typename T>
+struct SgdStore {
+    T* w;
+    T* v;  // null when mu == 0
+    index_t ld;
+    T lr, mu;
+    bool nesterov;
+    std::atomic<int>* bad;
 };
 
 // Keras's BatchNormalization (csrc/batchnorm.hpp has the maths): its settings and the L1/L2

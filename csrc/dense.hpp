@@ -64,6 +64,9 @@ void dense_forward(T* Y, const T* X, const T* W, const T* b, index_t B, index_t 
 //   dW (K, N) := X^T dZ      (overwritten; each element sums over the batch rows in ascending order)
 //   db (N,)   := colsum(dZ)  (overwritten; null when the layer has no bias)
 //   dX (B, K) := dZ W^T      (overwritten; null when the input gradient is not needed)
+// dense_backward's optional `sgd` (DenseSgd) then updates W and b by momentum SGD with dW and db,
+// dX computed from W before the step; dW is then scratch, undefined on return. The naive twin of
+// that is this backward followed by sgd_update on W and on b.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void dense_backward_naive(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T* A, index_t B,
@@ -100,9 +103,20 @@ inline void column_sums(T* db, const T* dZ, index_t B, index_t N, index_t lo, in
     }
 }
 
+// The layer's momentum-SGD step fused into its backward (dense_backward's `sgd`): W and b (and
+// their velocities vw and vb, null when mu == 0) are updated with the gradients just made, by
+// sgd_update's rule; bad is set nonzero when a new weight or bias is not finite.
+template <typename T>
+struct DenseSgd {
+    T *w, *vw, *b, *vb;
+    T lr, mu;
+    bool nesterov;
+    std::atomic<int>* bad;
+};
+
 template <typename T>
 void dense_backward(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T* A, index_t B, index_t K,
-                    index_t N, Act act, DenseScratch<T>&) {
+                    index_t N, Act act, DenseScratch<T>&, const DenseSgd<T>* sgd = nullptr) {
     if (act == Act::Softmax) {
         act_backward_rows(act, A, dY, B, N);
         if (db) column_sums(db, dY, B, N, 0, N);
@@ -121,8 +135,17 @@ void dense_backward(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T*
         else
             strip(0);
     }
-    gemm(dW, N, X, 1, K, dY, N, 1, K, N, B, static_cast<const T*>(nullptr), Act::Linear);  // X^T dZ
-    if (dX) gemm(dX, K, dY, N, 1, W, 1, N, B, K, N, static_cast<const T*>(nullptr), Act::Linear);  // dZ W^T
+    if (!sgd) {
+        gemm(dW, N, X, 1, K, dY, N, 1, K, N, B, static_cast<const T*>(nullptr), Act::Linear);  // X^T dZ
+        if (dX) gemm(dX, K, dY, N, 1, W, 1, N, B, K, N, static_cast<const T*>(nullptr), Act::Linear);  // dZ W^T
+        return;
+    }
+    // With the step fused: dX first, from the weights before the step; then dW, consumed by the
+    // step as it is made (dW is only scratch), and the bias from db.
+    if (dX) gemm(dX, K, dY, N, 1, W, 1, N, B, K, N, static_cast<const T*>(nullptr), Act::Linear);
+    gemm_sgd(dW, N, X, 1, K, dY, N, 1, K, N, B, SgdStore<T>{sgd->w, sgd->vw, N, sgd->lr, sgd->mu, sgd->nesterov, sgd->bad});
+    if (db && !sgd_update(sgd->b, db, sgd->vb, N, sgd->lr, sgd->mu, sgd->nesterov))
+        sgd->bad->fetch_or(1, std::memory_order_relaxed);
 }
 
 FASTMLP_ISA_END

@@ -43,6 +43,8 @@ Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<Metr
                                s.bn_in.beta_l1, s.bn_in.beta_l2, s.bn_out.gamma_l1, s.bn_out.gamma_l2,
                                s.bn_out.beta_l1, s.bn_out.beta_l2})
             penalized_ = penalized_ || c != 0;
+    sgd_fusable_ = !narrow_ && !this->has_batchnorm() && !penalized_ && opt.kind == OptKind::SGD &&
+                   opt.weight_decay == 0 && opt.clipnorm == 0 && opt.global_clipnorm == 0 && opt.clipvalue == 0;
     acts_.resize(layers_.size());
     zs_.resize(layers_.size());
     dropped_.resize(layers_.size());
@@ -290,6 +292,16 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
     if (last_z)
         act_backward_row_z(out_act, last.bn_out.on ? bn_out_.back().y.data() : zs_.back().data(), dZ, B * last.out);
     if (metric_sums) add_metrics(*metric_sums, P, Y, W, B, 0);
+    // The optimizer step fused into the backward (a batch with a non-finite loss is not applied).
+    sgd_applied_ = fuse_sgd_ && std::isfinite(loss);
+    DenseSgd<T> sgd{};
+    if (sgd_applied_) {
+        sgd_bad_.store(0, std::memory_order_relaxed);
+        sgd.lr = scheduled_lr<T>(opt_, iterations_);
+        sgd.mu = T(opt_.momentum);
+        sgd.nesterov = opt_.nesterov;
+        sgd.bad = &sgd_bad_;
+    }
     // d holds dL/d(the layer's output); on the last layer the loss has folded its last activation in.
     T* d = delta_a_.data();
     T* d_prev = delta_b_.data();
@@ -319,8 +331,15 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
         T* db = s.use_bias ? grads_.data() + b_off_[l] : nullptr;
         // The first layer's input gradient is needed only for its input batch normalization's gamma and beta.
         const bool need_dx = l > 0 || (s.bn_in.on && (s.bn_in.center || s.bn_in.scale));
+        if (sgd_applied_) {
+            const bool mom = sgd.mu != T(0);
+            sgd.w = params_.data() + w_off_[l];
+            sgd.vw = mom ? velocity_.data() + w_off_[l] : nullptr;
+            sgd.b = s.use_bias ? params_.data() + b_off_[l] : nullptr;
+            sgd.vb = s.use_bias && mom ? velocity_.data() + b_off_[l] : nullptr;
+        }
         dense_backward(need_dx ? d_prev : nullptr, grads_.data() + w_off_[l], db, d, in, params_.data() + w_off_[l],
-                       a, B, s.in, s.out, act, scratch_);
+                       a, B, s.in, s.out, act, scratch_, sgd_applied_ ? &sgd : nullptr);
         if (need_dx && s.bn_in.on)
             backprop_batchnorm(bn_in_off_[l], bn_in_[l], l > 0 ? d_prev : nullptr, d_prev, B, s.in);
         if (l > 0 && s.dropout > 0) dropout_backward(d_prev, masks_[l].data(), B * s.in, s.dropout);
@@ -512,6 +531,11 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
     sums_.stop = StopReason::None;
     std::vector<double> step_metrics(metrics_.size());
     const T* records = epoch_records(X, Y, W, n);
+    struct Unfuse {  // the other entry points' backward leaves the weights alone
+        bool& flag;
+        ~Unfuse() { flag = false; }
+    } unfuse{fuse_sgd_};
+    fuse_sgd_ = sgd_fusable_ && this->fused_kernels_;
     using clock = std::chrono::steady_clock;
     auto last_poll = clock::now();
     for (index_t step = sums_.steps_done; step < end; ++step) {
@@ -529,8 +553,13 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
             this->locate_nonfinite(grads_, sums_);
             break;
         }
-        clip_gradients(opt_, grads_.data(), segments_);
-        const bool finite = update_weights();
+        bool finite;
+        if (sgd_applied_) {
+            finite = sgd_bad_.load(std::memory_order_relaxed) == 0;
+        } else {
+            clip_gradients(opt_, grads_.data(), segments_);
+            finite = update_weights();
+        }
         update_moving_stats();
         ++iterations_;
         sums_.loss += loss;

@@ -1,6 +1,7 @@
 // One ISA variant of the engine's compute (see engine_api.hpp for the interface and the arena).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -77,6 +78,14 @@ private:
     bool narrow_ = false;
     bool fuse_output_ = false;  // narrow_ and the output stage runs fused (narrow_output_fused)
     bool penalized_ = false;  // some layer has a kernel, bias, gamma or beta regularizer
+    // The optimizer step may run inside the backward, each layer's weights updated as their
+    // gradient is made (dense_backward's DenseSgd): plain SGD (any momentum), no weight decay,
+    // clipping or penalties, no batch normalization, the row-major path. train_steps asks for it
+    // (fuse_sgd_) when the fused kernels are on; forward_backward does it when the batch's loss is
+    // finite (sgd_applied_), and sgd_bad_ is then set if a new weight is not.
+    bool sgd_fusable_ = false;
+    bool fuse_sgd_ = false, sgd_applied_ = false;
+    std::atomic<int> sgd_bad_{0};
     std::vector<std::pair<index_t, index_t>> segments_;  // each weight array's (offset, size), for clipnorm
 
     // Batch buffers, sized for the largest batch seen (in lanes on the narrow path).

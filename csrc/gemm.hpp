@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 #if defined(__x86_64__) || defined(__i386__)
@@ -27,6 +28,7 @@
 
 #include "activations.hpp"
 #include "common.hpp"
+#include "optim.hpp"
 #include "parallel.hpp"
 
 FASTMLP_ISA_BEGIN
@@ -122,6 +124,60 @@ constexpr index_t kParallelMacs = index_t(1) << 18;
 // The largest A (M * K elements, 4 MB of float) packed once and shared by the threads.
 constexpr index_t kSharedPackA = index_t(1) << 20;
 
+#if FASTMLP_VEC_BYTES >= 32
+// r[i] := (r0[i], r1[i], ..., r7[i]): the 8x8 transpose of eight float vectors of 8.
+__attribute__((always_inline)) inline void transpose8x8(__m256 r[8]) {
+    __m256 t[8], s[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; ++h) {  // h = 0: rows 0-3, h = 1: rows 4-7
+        s[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_permute2f128_ps(s[i], s[4 + i], 0x20);
+        r[4 + i] = _mm256_permute2f128_ps(s[i], s[4 + i], 0x31);
+    }
+}
+
+// pack_a's kMR-row panel of a row-major A (acs == 1), eight p at a time: d[p kMR + r] := a[r ars + p]
+// for p < kc rounded down to 8; returns that count. Each column but the last is stored as a whole
+// vector whose two spare lanes the next store overwrites.
+inline index_t pack_a_rows8(float* d, const float* a, index_t ars, index_t kc) {
+    static_assert(kMR == 6, "six rows and two spare lanes");
+    const index_t whole = kc / 8 * 8;
+    for (index_t p = 0; p < whole; p += 8) {
+        __m256 r[8];
+        for (int i = 0; i < kMR; ++i) r[i] = _mm256_loadu_ps(a + i * ars + p);
+        r[6] = r[7] = _mm256_setzero_ps();
+        transpose8x8(r);
+        for (int i = 0; i < 7; ++i) _mm256_storeu_ps(d + (p + i) * kMR, r[i]);
+        _mm_storeu_ps(d + (p + 7) * kMR, _mm256_castps256_ps128(r[7]));
+        _mm_storel_pi(reinterpret_cast<__m64*>(d + (p + 7) * kMR + 4), _mm256_extractf128_ps(r[7], 1));
+    }
+    return whole;
+}
+
+// pack_b's NR-column panel of a column-major B (brs == 1), eight p and eight columns at a time:
+// d[p NR + j] := b[j bcs + p] for p < kc rounded down to 8; returns that count.
+inline index_t pack_b_cols8(float* d, const float* b, index_t bcs, index_t kc) {
+    constexpr index_t NR = gemm_nr<float>();
+    const index_t whole = kc / 8 * 8;
+    for (index_t j0 = 0; j0 < NR; j0 += 8)
+        for (index_t p = 0; p < whole; p += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(b + (j0 + j) * bcs + p);
+            transpose8x8(r);
+            for (int i = 0; i < 8; ++i) _mm256_storeu_ps(d + (p + i) * NR + j0, r[i]);
+        }
+    return whole;
+}
+#endif
+
 // Pack A(m0 + i, p0 + p) for i < mc, p < kc into micro-panels of kMR rows: panel r holds
 // (kc, kMR) p-major; rows past mc are zero. Dst (round_up(mc, kMR) * kc) is overwritten.
 template <typename T>
@@ -131,8 +187,26 @@ inline void pack_a(T* dst, const T* A, index_t ars, index_t acs, index_t mc, ind
         T* d = dst + i0 * kc;
         const T* a = A + i0 * ars;
         if (rows == kMR && acs == 1) {
-            for (index_t p = 0; p < kc; ++p)
+            index_t p = 0;
+#if FASTMLP_VEC_BYTES >= 32
+            if constexpr (std::is_same_v<T, float>) p = pack_a_rows8(d, a, ars, kc);
+#endif
+            for (; p < kc; ++p)
                 for (int r = 0; r < kMR; ++r) d[p * kMR + r] = a[r * ars + p];
+        } else if (rows == kMR && ars == 1) {  // a transposed A: the tile's kMR rows contiguous at each p
+#if FASTMLP_VEC_BYTES >= 32
+            if constexpr (std::is_same_v<T, float>) {
+                static_assert(kMR == 6, "the copy below moves 4 + 2 floats");
+                for (index_t p = 0; p < kc; ++p) {
+                    _mm_storeu_ps(d + p * kMR, _mm_loadu_ps(a + p * acs));
+                    _mm_storel_pi(reinterpret_cast<__m64*>(d + p * kMR + 4),
+                                  _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(a + p * acs + 4))));
+                }
+                continue;
+            }
+#endif
+            for (index_t p = 0; p < kc; ++p)
+                for (int r = 0; r < kMR; ++r) d[p * kMR + r] = a[r + p * acs];
         } else {
             for (index_t p = 0; p < kc; ++p) {
                 for (index_t r = 0; r < rows; ++r) d[p * kMR + r] = a[r * ars + p * acs];
@@ -148,20 +222,31 @@ inline void pack_a(T* dst, const T* A, index_t ars, index_t acs, index_t mc, ind
 template <typename T>
 inline void pack_b(T* dst, const T* B, index_t brs, index_t bcs, index_t kc, index_t nc) {
     constexpr index_t NR = gemm_nr<T>();
-    for (index_t j0 = 0; j0 < nc; j0 += NR) {
+    index_t whole = 0;  // columns already packed
+    if (bcs == 1) {
+        // Row-major B, its whole panels: NR contiguous values per row, in whole vectors, 8 rows at
+        // a time across all the panels. B is then read as 8 sequential streams, which the
+        // hardware prefetches; down one panel each step would be a row stride away (often 4 KB:
+        // a new page).
+        using vec = typename Simd<T>::vec;
+        constexpr index_t W = Simd<T>::width;
+        whole = nc / NR * NR;
+        for (index_t p0 = 0; p0 < kc; p0 += 8) {
+            const index_t p1 = std::min<index_t>(kc, p0 + 8);
+            for (index_t j0 = 0; j0 < whole; j0 += NR)
+                for (index_t p = p0; p < p1; ++p)
+                    for (index_t v = 0; v < NR; v += W) {
+                        vec x;
+                        std::memcpy(&x, B + p * brs + j0 + v, sizeof(vec));
+                        std::memcpy(dst + j0 * kc + p * NR + v, &x, sizeof(vec));
+                    }
+        }
+    }
+    for (index_t j0 = whole; j0 < nc; j0 += NR) {
         const index_t cols = std::min<index_t>(NR, nc - j0);
         T* d = dst + j0 * kc;
         const T* b = B + j0 * bcs;
-        if (bcs == 1 && cols == NR) {  // whole panels: NR contiguous values per row, in whole vectors
-            using vec = typename Simd<T>::vec;
-            constexpr index_t W = Simd<T>::width;
-            for (index_t p = 0; p < kc; ++p)
-                for (index_t v = 0; v < NR; v += W) {
-                    vec x;
-                    std::memcpy(&x, b + p * brs + v, sizeof(vec));
-                    std::memcpy(d + p * NR + v, &x, sizeof(vec));
-                }
-        } else if (bcs == 1) {
+        if (bcs == 1) {
             for (index_t p = 0; p < kc; ++p) {
                 const T* row = b + p * brs;
                 for (index_t j = 0; j < cols; ++j) d[p * NR + j] = row[j];
@@ -170,7 +255,12 @@ inline void pack_b(T* dst, const T* B, index_t brs, index_t bcs, index_t kc, ind
         } else {
             // Column-major B (a transposed operand): read along each column's contiguous p, in
             // blocks of 16 rows of the panel so that the stores stay within a few cache lines.
-            for (index_t p0 = 0; p0 < kc; p0 += 16) {
+            index_t p_done = 0;
+#if FASTMLP_VEC_BYTES >= 32
+            if constexpr (std::is_same_v<T, float>)
+                if (brs == 1 && cols == NR) p_done = pack_b_cols8(d, b, bcs, kc);
+#endif
+            for (index_t p0 = p_done; p0 < kc; p0 += 16) {
                 const index_t p1 = std::min<index_t>(kc, p0 + 16);
                 for (index_t j = 0; j < cols; ++j) {
                     const T* col = b + j * bcs;
@@ -183,13 +273,84 @@ inline void pack_b(T* dst, const T* B, index_t brs, index_t bcs, index_t kc, ind
     }
 }
 
+// SgdStore's step on one parameter with gradient g at offset i of its arrays; returns whether
+// the new weight is finite.
+template <typename T>
+inline bool sgd_one(const SgdStore<T>& s, index_t i, T g) {
+    T& w = s.w[i];
+    if (s.mu == T(0))
+        w -= g * s.lr;
+    else
+        sgd_momentum_step(w, s.v[i], g, s.lr, s.mu, s.nesterov);
+    return w - w == T(0);
+}
+
+// SgdStore's step on a whole (kMR, NR) register tile of gradients, its weights at offset off.
+// Each row's weights and velocities are loaded before the row above is stored: rows ld apart
+// (4 KB for 1024 floats) would otherwise make each load wait on that store (4K aliasing).
+// Fully unrolled, so that the tile stays in registers (any loop left over it would put the
+// microkernel's accumulators in memory).
+template <typename T>
+__attribute__((always_inline)) inline void sgd_tile(const typename Simd<T>::vec (&g)[kMR][kNV], const SgdStore<T>& s,
+                                                    index_t off) {
+    using vec = typename Simd<T>::vec;
+    constexpr index_t W = Simd<T>::width;
+    T* const w0 = s.w + off;
+    T* const v0 = s.v ? s.v + off : nullptr;
+    const index_t ld = s.ld;
+    const T lr = s.lr, mu = s.mu;
+    const bool nesterov = s.nesterov, momentum = mu != T(0);
+    vec bad{};
+    vec w[kMR][kNV]{}, vel[kMR][kNV]{};
+#pragma GCC unroll 8
+    for (int v = 0; v < kNV; ++v) {
+        std::memcpy(&w[0][v], w0 + v * W, sizeof(vec));
+        if (momentum) std::memcpy(&vel[0][v], v0 + v * W, sizeof(vec));
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < kMR; ++r) {
+        if (r + 1 < kMR) {
+#pragma GCC unroll 8
+            for (int v = 0; v < kNV; ++v) {
+                std::memcpy(&w[r + 1][v], w0 + (r + 1) * ld + v * W, sizeof(vec));
+                if (momentum) std::memcpy(&vel[r + 1][v], v0 + (r + 1) * ld + v * W, sizeof(vec));
+            }
+        }
+#pragma GCC unroll 8
+        for (int v = 0; v < kNV; ++v) {
+            if (momentum)
+                sgd_momentum_step(w[r][v], vel[r][v], g[r][v], lr, mu, nesterov);
+            else
+                w[r][v] -= g[r][v] * lr;
+            bad += w[r][v] - w[r][v];  // 0 while every weight is finite, NaN after one that is not
+            std::memcpy(w0 + r * ld + v * W, &w[r][v], sizeof(vec));
+            if (momentum) std::memcpy(v0 + r * ld + v * W, &vel[r][v], sizeof(vec));
+        }
+    }
+    T lanes[W];
+    std::memcpy(lanes, &bad, sizeof(vec));
+    T any = 0;
+    for (index_t i = 0; i < W; ++i) any += lanes[i];
+    if (any != T(0)) s.bad->fetch_or(1, std::memory_order_relaxed);
+}
+
+// SgdStore's step on rows [m0, m1) of a finished product C (M, N), the gemm paths that store C.
+template <typename T>
+inline void sgd_rows(const GemmArgs<T>& g, index_t m0, index_t m1) {
+    const SgdStore<T>& s = *g.sgd;
+    for (index_t m = m0; m < m1; ++m)
+        if (!sgd_update(s.w + m * s.ld, g.C + m * g.ldc, s.v ? s.v + m * s.ld : nullptr, g.N, s.lr, s.mu, s.nesterov))
+            s.bad->fetch_or(1, std::memory_order_relaxed);
+}
+
 // Microkernel: the (kMR, NR) tile C := (accumulate ? C : 0) + Ap Bp, one mul_add chain per element
 // over p ascending, then + bias (NR entries) when bias is not null. Ap: (kc, kMR) and Bp: (kc, NR)
 // packed micro-panels. C has row stride ldc and all kMR x NR entries are read/written.
 // Unpacked A (gemm_skinny): row r, column p of the tile's A at Ap[r * ars + p], ars given.
 template <typename T, bool kPackedA = true>
 inline void micro_kernel(index_t kc, const T* __restrict Ap, const T* __restrict Bp, T* C, index_t ldc,
-                         bool accumulate, const T* bias, index_t ars = 0) {
+                         bool accumulate, const T* bias, index_t ars = 0, const SgdStore<T>* sgd = nullptr,
+                         index_t sgd_off = 0) {
     using vec = typename Simd<T>::vec;
     constexpr index_t W = Simd<T>::width;
     vec acc[kMR][kNV];
@@ -215,6 +376,10 @@ inline void micro_kernel(index_t kc, const T* __restrict Ap, const T* __restrict
             std::memcpy(&bv, bias + v * W, sizeof(bv));
             for (int r = 0; r < kMR; ++r) acc[r][v] += bv;
         }
+    }
+    if (sgd) {  // the tile's values are final: the weights' update instead of a store
+        sgd_tile(acc, *sgd, sgd_off);
+        return;
     }
     // Stores go through copies: taking the accumulators' own address would keep them in memory
     // (spilled) through the whole p loop.
@@ -273,26 +438,45 @@ void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_
                     pack_a(own, g.A + ic * g.ars + pc * g.acs, g.ars, g.acs, mc, kc);
                     Ap = own;
                 }
-                for (index_t jr = 0; jr < nc; jr += NR) {
+                const SgdStore<T>* sgd = last ? g.sgd : nullptr;
+                // One register tile: rows [ir, ir + kMR) and columns [jr, jr + NR) of the block.
+                const auto tile = [&](index_t ir, index_t jr) {
                     const index_t cols = std::min(NR, nc - jr);
+                    const index_t rows = std::min<index_t>(kMR, mc - ir);
                     const T* bias = last && g.bias ? g.bias + jc + jr : nullptr;
-                    for (index_t ir = 0; ir < mc; ir += kMR) {
-                        const index_t rows = std::min<index_t>(kMR, mc - ir);
-                        T* c = g.C + (ic + ir) * g.ldc + jc + jr;
-                        if (ir + kMR < mc)  // the next tile's rows of C, while this one computes
-                            for (int r = 0; r < kMR; ++r) __builtin_prefetch(c + (kMR + r) * g.ldc, 1);
-                        if (rows == kMR && cols == NR) {
-                            micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, c, g.ldc, !first, bias);
-                        } else {  // an edge tile goes through a full-size tile on the stack
-                            T tile[kMR * NR] = {};
-                            if (!first)
-                                for (index_t r = 0; r < rows; ++r) std::copy(c + r * g.ldc, c + r * g.ldc + cols, tile + r * NR);
-                            micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, tile, NR, !first, bias);
-                            for (index_t r = 0; r < rows; ++r) std::copy(tile + r * NR, tile + r * NR + cols, c + r * g.ldc);
+                    T* c = g.C + (ic + ir) * g.ldc + jc + jr;
+                    const index_t sgd_off = sgd ? (ic + ir) * sgd->ld + jc + jr : 0;
+                    if (!sgd && ir + kMR < mc)  // the next tile's rows of C, while this one computes
+                        for (int r = 0; r < kMR; ++r) __builtin_prefetch(c + (kMR + r) * g.ldc, 1);
+                    if (rows == kMR && cols == NR) {
+                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, c, g.ldc, !first, bias, 0, sgd, sgd_off);
+                    } else {  // an edge tile goes through a full-size tile on the stack
+                        T t[kMR * NR] = {};
+                        if (!first)
+                            for (index_t r = 0; r < rows; ++r) std::copy(c + r * g.ldc, c + r * g.ldc + cols, t + r * NR);
+                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, t, NR, !first, bias);
+                        if (sgd) {
+                            bool finite = true;
+                            for (index_t r = 0; r < rows; ++r)
+                                for (index_t j = 0; j < cols; ++j)
+                                    finite &= sgd_one(*sgd, sgd_off + r * sgd->ld + j, t[r * NR + j]);
+                            if (!finite) sgd->bad->fetch_or(1, std::memory_order_relaxed);
+                        } else {
+                            for (index_t r = 0; r < rows; ++r) std::copy(t + r * NR, t + r * NR + cols, c + r * g.ldc);
                         }
-                        if (last && g.act != Act::Linear)
-                            for (index_t r = 0; r < rows; ++r) act_forward_row(g.act, c + r * g.ldc, cols);
                     }
+                    if (last && g.act != Act::Linear)
+                        for (index_t r = 0; r < rows; ++r) act_forward_row(g.act, c + r * g.ldc, cols);
+                };
+                if (!sgd) {  // BLIS's order: each B micro-panel stays in L1 while A's stream past it
+                    for (index_t jr = 0; jr < nc; jr += NR)
+                        for (index_t ir = 0; ir < mc; ir += kMR) tile(ir, jr);
+                } else {
+                    // With the SGD step, along the rows instead: the weights and velocities are
+                    // then read and written as kMR sequential streams, which the hardware
+                    // prefetches (down a column of tiles, each would be a miss a row's stride away).
+                    for (index_t ir = 0; ir < mc; ir += kMR)
+                        for (index_t jr = 0; jr < nc; jr += NR) tile(ir, jr);
                 }
             }
         }
@@ -404,16 +588,42 @@ void gemm_skinny(const GemmArgs<T>& g) {
 }
 
 template <typename T>
+void gemm_run(const GemmArgs<T>& g);
+
+template <typename T>
 void gemm(T* C, index_t ldc, const T* A, index_t ars, index_t acs, const T* B, index_t brs, index_t bcs,
           index_t M, index_t N, index_t K, const T* bias, Act act) {
-    const GemmArgs<T> g{C, ldc, A, ars, acs, B, brs, bcs, M, N, K, bias, act};
+    gemm_run(GemmArgs<T>{C, ldc, A, ars, acs, B, brs, bcs, M, N, K, bias, act});
+}
+
+// The product C = op(A) op(B) (no bias, no activation) with the momentum-SGD step `sgd` applied
+// with each of C's final values (SgdStore): a weight gradient consumed as it is made, never
+// stored whole. On the register-tiled path the step runs on the tile in registers; the other
+// paths store C and then step over it. Either way the weights get sgd_update's bits.
+template <typename T>
+void gemm_sgd(T* C, index_t ldc, const T* A, index_t ars, index_t acs, const T* B, index_t brs, index_t bcs,
+              index_t M, index_t N, index_t K, const SgdStore<T>& sgd) {
+    GemmArgs<T> g{C, ldc, A, ars, acs, B, brs, bcs, M, N, K, nullptr, Act::Linear};
+    g.sgd = &sgd;
+    gemm_run(g);
+}
+
+template <typename T>
+void gemm_run(const GemmArgs<T>& g) {
+    auto [C, ldc, A, ars, acs, B, brs, bcs, M, N, K, bias, act, sgd] = g;
     constexpr index_t NR = gemm_nr<T>();
+    // The paths that store C whole; with an SGD step, it follows over C.
+    const auto stored = [&] {
+        if (sgd) sgd_rows(g, 0, M);
+    };
     if (K <= 16 && N <= NR) {
         gemm_direct(g);
+        stored();
         return;
     }
     if (N < NR && M >= 4 * NR && acs == 1 && K >= 1) {
         gemm_skinny(g);
+        stored();
         return;
     }
     if (N < NR && M >= 4 * NR) {
@@ -427,6 +637,7 @@ void gemm(T* C, index_t ldc, const T* A, index_t ars, index_t acs, const T* B, i
             for (index_t n = 0; n < N; ++n) c[n] = bias ? Ct[n * M + m] + bias[n] : Ct[n * M + m];
             if (act != Act::Linear) act_forward_row(act, c, N);
         }
+        stored();
         return;
     }
     const int threads = num_threads();

@@ -18,9 +18,19 @@ inline T decayed_lr(double lr, double decay, std::int64_t t) {
     return T(lr) / (T(1) + T(decay) * T(t));
 }
 
-// Momentum SGD, Keras form (not PyTorch's), over n parameters:
+// Momentum SGD, Keras form (not PyTorch's), one parameter or one vector of them (V is T or a GCC
+// vector of T), mu != 0:
 //   v := mu*v - lr*g;  w += v                    (nesterov: w += mu*v - lr*g, with the new v)
-//   mu == 0:  w -= lr*g, v is neither read nor written (it may be null).
+// sgd_update below and the update fused into the weight-gradient product's store (gemm.hpp,
+// SgdStore) both call it, so the two give the same bits.
+template <typename V, typename T>
+__attribute__((always_inline)) inline void sgd_momentum_step(V& w, V& v, V g, T lr, T mu, bool nesterov) {
+    v = v * mu - g * lr;
+    w += nesterov ? V(v * mu - g * lr) : v;
+}
+
+// Momentum SGD over n parameters:
+//   sgd_momentum_step on each; mu == 0:  w -= lr*g, v is neither read nor written (it may be null).
 // w (n,) and v (n,) updated in place; g (n,) read only. Returns whether every new w is finite,
 // checked in the same pass. The loop is its own reference: one elementwise expression per
 // parameter, identical in every build.
@@ -35,14 +45,12 @@ bool sgd_update(T* w, const T* g, T* v, index_t n, T lr, T mu, bool nesterov) {
         }
     } else if (nesterov) {
         for (index_t i = 0; i < n; ++i) {
-            v[i] = v[i] * mu - g[i] * lr;
-            w[i] += v[i] * mu - g[i] * lr;
+            sgd_momentum_step(w[i], v[i], g[i], lr, mu, true);
             bad |= static_cast<int>(w[i] - w[i] != T(0));
         }
     } else {
         for (index_t i = 0; i < n; ++i) {
-            v[i] = v[i] * mu - g[i] * lr;
-            w[i] += v[i];
+            sgd_momentum_step(w[i], v[i], g[i], lr, mu, false);
             bad |= static_cast<int>(w[i] - w[i] != T(0));
         }
     }

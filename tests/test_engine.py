@@ -99,6 +99,65 @@ def test_one_training_step_is_the_keras_update(path, nesterov):
     assert engine.iterations == 5
 
 
+
+# Row-major layers for the SGD step fused into the backward: whole register tiles (64), edge tiles
+# (37), a 3-class output whose weight gradient takes the transposed product, and K blocked when
+# the batch (600) exceeds the products' K block.
+SGD_SPECS = [(70, 64, "relu", True), (64, 37, "tanh", False), (37, 80, "relu", True), (80, 3, "softmax", True)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [100, 600])
+@pytest.mark.parametrize("config", [{"momentum": 0.0}, {"momentum": 0.9},
+                                    {"momentum": 0.9, "nesterov": True, "decay": 0.01}],
+                         ids=["plain", "momentum", "nesterov"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_step_fused_into_the_backward_is_bitwise_the_separate_update(dtype, config, batch, threads):
+    # train_steps applies plain/momentum SGD inside the backward, each weight as its gradient tile
+    # is made (dense.hpp DenseSgd, gemm.hpp gemm_sgd); without the fused kernels it stores the
+    # gradients and updates after: the same weights, velocities and losses, bit for bit.
+    import fastmlp
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1300, 70)).astype(dtype)
+    y = np.eye(3, dtype=dtype)[rng.integers(0, 3, 1300)]
+    cls = _core.Engine64 if dtype == np.float64 else _core.Engine32
+    results = []
+    before = fastmlp.get_num_threads()
+    fastmlp.set_num_threads(threads)
+    try:
+        for fused in (True, False):
+            engine = cls(SGD_SPECS, "categorical_crossentropy", [], {"learning_rate": 0.05, **config})
+            engine._set_fused_kernels(fused)
+            engine.params[:] = np.random.default_rng(12).standard_normal(len(engine.params)) * 0.2
+            losses = []
+            for epoch in range(2):
+                engine.begin_epoch(len(x), batch, True, 3, epoch)
+                losses.append(engine.train_steps(x, y, 0)["loss"])
+            results.append((engine.params.copy(), engine.velocity.copy(), losses, engine.iterations))
+    finally:
+        fastmlp.set_num_threads(before)
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert results[0][2:] == results[1][2:]
+
+
+def test_sgd_step_fused_into_the_backward_stops_on_nonfinite_weights_as_the_separate_update():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((200, 70)).astype(np.float32) * 1e3
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 200)]
+    results = []
+    for fused in (True, False):
+        engine = _core.Engine32(SGD_SPECS, "categorical_crossentropy", [], {"learning_rate": 1e36, "momentum": 0.5})
+        engine._set_fused_kernels(fused)
+        engine.params[:] = np.random.default_rng(14).standard_normal(len(engine.params)) * 0.2
+        engine.begin_epoch(len(x), 50, False, 0, 0)
+        sums = engine.train_steps(x, y, 0)
+        results.append((engine.params.copy(), sums["stop"], sums["steps_done"], sums["bad_layer"], engine.iterations))
+    assert results[0][1] == "nonfinite_weights"
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1:] == results[1][1:]
+
 # Every output stage narrow_output_fused takes (narrow.hpp narrow_output_fusable).
 FUSED_OUTPUTS = [
     ("softmax", "binary_crossentropy"),
