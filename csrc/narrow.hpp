@@ -429,10 +429,37 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
 // The training rows as records, for gather_lanes: R (n, RW) := [X row (K), Y row (yc), W value
 // (when W is not null), zeros up to RW], RW a multiple of 4. One record per sample, so that a
 // batch's gather reads each of its samples with RW / 4 vector loads.
+// Records of 4 values with K and YC fixed (the seed's 2 + 2): each built in a vector, one store.
+template <typename T, int K, int YC, bool HW>
+void pack_records4(T* R, const T* X, const T* Y, const T* W, index_t n) {
+    static_assert(K + YC + (HW ? 1 : 0) <= 4, "a record of 4 values");
+    typedef T v4 __attribute__((vector_size(4 * sizeof(T))));
+    for (index_t i = 0; i < n; ++i) {
+        v4 r{};
+        for (int k = 0; k < K; ++k) r[k] = X[i * K + k];
+        for (int k = 0; k < YC; ++k) r[K + k] = Y[i * YC + k];
+        if constexpr (HW) r[K + YC] = W[i];
+        std::memcpy(R + 4 * i, &r, sizeof(r));
+    }
+}
+
 template <typename T>
 void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t yc, const T* W, index_t n) {
     const index_t used = K + yc + (W ? 1 : 0);
     require(RW % 4 == 0 && RW >= used, "pack_records: the record width must be a multiple of 4 that holds a row.");
+    if (RW == 4) {
+#define FASTMLP_RECORDS4(k, y)                                                         \
+    if (K == k && yc == y) {                                                           \
+        if (W) {                                                                       \
+            if constexpr (k + y < 4) return pack_records4<T, k, y, true>(R, X, Y, W, n); \
+        } else {                                                                       \
+            return pack_records4<T, k, y, false>(R, X, Y, W, n);                       \
+        }                                                                              \
+    }
+        FASTMLP_RECORDS4(1, 1) FASTMLP_RECORDS4(1, 2) FASTMLP_RECORDS4(2, 1) FASTMLP_RECORDS4(2, 2)
+        FASTMLP_RECORDS4(1, 3) FASTMLP_RECORDS4(3, 1)
+#undef FASTMLP_RECORDS4
+    }
     // Column by column, unrolled: a loop over a row's few values (or a memcpy) would cost more
     // than the values.
     auto column = [&](index_t k, const T* src, index_t stride) {

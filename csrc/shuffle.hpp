@@ -8,6 +8,7 @@
 // reference (fastmlp.reference.kernels.permutation) computes the same permutation.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -35,12 +36,23 @@ inline void shuffle_permutation(std::vector<std::uint32_t>& perm, index_t n, std
     perm.resize(n);
     for (index_t i = 0; i < n; ++i) perm[i] = static_cast<std::uint32_t>(i);
     const std::uint64_t stream = shuffle_stream(seed, epoch);
-    for (index_t i = n - 1; i > 0; --i) {
-        const std::uint64_t u = mix64(stream + kGolden * std::uint64_t(i + 1)) >> 32;
-        const index_t j = static_cast<index_t>((u * std::uint64_t(i + 1)) >> 32);
-        const std::uint32_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
+    // The j's of a block of i's first, in a loop of independent iterations that the compiler
+    // vectorizes; then the block's swaps, which depend on each other, in order.
+    constexpr index_t kBlock = 1024;
+    std::uint32_t js[kBlock];
+    for (index_t hi = n - 1; hi > 0; hi -= kBlock) {
+        const index_t lo = std::max<index_t>(1, hi - kBlock + 1);
+        std::uint64_t z = stream + kGolden * std::uint64_t(lo + 1);  // stream + kGolden (i + 1), by additions
+        for (index_t i = lo; i <= hi; ++i, z += kGolden) {
+            const std::uint64_t u = mix64(z) >> 32;
+            js[i - lo] = static_cast<std::uint32_t>((u * std::uint64_t(i + 1)) >> 32);
+        }
+        for (index_t i = hi; i >= lo; --i) {
+            const index_t j = js[i - lo];
+            const std::uint32_t t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
     }
 }
 
