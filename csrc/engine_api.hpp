@@ -34,6 +34,9 @@ public:
     virtual ~EngineBase() = default;
 
     std::vector<T>& params() { return params_; }
+    // The gradients of compute_gradients and shard_gradients. After train_steps they are
+    // scratch: with the SGD step fused into the backward (Engine::sgd_fusable_), the kernels'
+    // gradients are consumed as they are made and never stored whole.
     std::vector<T>& grads() { return grads_; }
     std::vector<T>& velocity() { return velocity_; }  // the optimizer's first state arena
     std::vector<T>& second() { return second_; }      // its second (Adam's v, RMSprop's momentum)

@@ -193,20 +193,10 @@ inline void pack_a(T* dst, const T* A, index_t ars, index_t acs, index_t mc, ind
 #endif
             for (; p < kc; ++p)
                 for (int r = 0; r < kMR; ++r) d[p * kMR + r] = a[r * ars + p];
-        } else if (rows == kMR && ars == 1) {  // a transposed A: the tile's kMR rows contiguous at each p
-#if FASTMLP_VEC_BYTES >= 32
-            if constexpr (std::is_same_v<T, float>) {
-                static_assert(kMR == 6, "the copy below moves 4 + 2 floats");
-                for (index_t p = 0; p < kc; ++p) {
-                    _mm_storeu_ps(d + p * kMR, _mm_loadu_ps(a + p * acs));
-                    _mm_storel_pi(reinterpret_cast<__m64*>(d + p * kMR + 4),
-                                  _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(a + p * acs + 4))));
-                }
-                continue;
-            }
-#endif
-            for (index_t p = 0; p < kc; ++p)
-                for (int r = 0; r < kMR; ++r) d[p * kMR + r] = a[r + p * acs];
+        } else if (rows == kMR && ars == 1) {
+            // A transposed A: the tile's kMR rows are contiguous at each p, one fixed-size copy
+            // (a 16- and an 8-byte move for float).
+            for (index_t p = 0; p < kc; ++p) std::memcpy(d + p * kMR, a + p * acs, kMR * sizeof(T));
         } else {
             for (index_t p = 0; p < kc; ++p) {
                 for (index_t r = 0; r < rows; ++r) d[p * kMR + r] = a[r * ars + p * acs];
