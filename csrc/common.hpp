@@ -95,18 +95,24 @@ struct GemmArgs {
     const SgdStore<T>* sgd = nullptr;  // gemm_sgd: the momentum-SGD step applied with C's final values
 };
 
-// The momentum-SGD step (optim.hpp, sgd_momentum_step with mu != 0; mu == 0: w -= g*lr) that a
-// weight-gradient product applies with each element g = C[m, n] once it is final: W[m, n] and
-// V[m, n] (row stride ld) are updated in place, and *bad is set nonzero when a new weight is
-// NaN or infinite. C is scratch (written when the product's K is blocked, undefined after).
+// One momentum-SGD step's settings (optim.hpp sgd_update's rule): *bad is set nonzero when a
+// new weight is NaN or infinite.
 template <typename T>
-struct SgdStore {
-    T* w;
-    T* v;  // null when mu == 0
-    index_t ld;
+struct SgdStep {
     T lr, mu;
     bool nesterov;
     std::atomic<int>* bad;
+};
+
+// The step that a weight-gradient product applies with each element g = C[m, n] once it is final
+// (gemm.hpp gemm_sgd): W[m, n] and V[m, n] (row stride ld; V null when mu == 0) are updated in
+// place. C is scratch (written when the product's K is blocked, undefined after).
+template <typename T>
+struct SgdStore {
+    T* w;
+    T* v;
+    index_t ld;
+    SgdStep<T> step;
 };
 
 // Keras's BatchNormalization (csrc/batchnorm.hpp has the maths): its settings and the L1/L2

@@ -104,14 +104,11 @@ inline void column_sums(T* db, const T* dZ, index_t B, index_t N, index_t lo, in
 }
 
 // The layer's momentum-SGD step fused into its backward (dense_backward's `sgd`): W and b (and
-// their velocities vw and vb, null when mu == 0) are updated with the gradients just made, by
-// sgd_update's rule; bad is set nonzero when a new weight or bias is not finite.
+// their velocities vw and vb, null when mu == 0) are updated with the gradients just made.
 template <typename T>
 struct DenseSgd {
     T *w, *vw, *b, *vb;
-    T lr, mu;
-    bool nesterov;
-    std::atomic<int>* bad;
+    SgdStep<T> step;
 };
 
 template <typename T>
@@ -143,9 +140,8 @@ void dense_backward(T* dX, T* dW, T* db, T* dY, const T* X, const T* W, const T*
     // With the step fused: dX first, from the weights before the step; then dW, consumed by the
     // step as it is made (dW is only scratch), and the bias from db.
     if (dX) gemm(dX, K, dY, N, 1, W, 1, N, B, K, N, static_cast<const T*>(nullptr), Act::Linear);
-    gemm_sgd(dW, N, X, 1, K, dY, N, 1, K, N, B, SgdStore<T>{sgd->w, sgd->vw, N, sgd->lr, sgd->mu, sgd->nesterov, sgd->bad});
-    if (db && !sgd_update(sgd->b, db, sgd->vb, N, sgd->lr, sgd->mu, sgd->nesterov))
-        sgd->bad->fetch_or(1, std::memory_order_relaxed);
+    gemm_sgd(dW, N, X, 1, K, dY, N, 1, K, N, B, SgdStore<T>{sgd->w, sgd->vw, N, sgd->step});
+    if (db) sgd_row(SgdStore<T>{sgd->b, sgd->vb, N, sgd->step}, 0, db, N);
 }
 
 FASTMLP_ISA_END

@@ -297,10 +297,7 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
     DenseSgd<T> sgd{};
     if (sgd_applied_) {
         sgd_bad_.store(0, std::memory_order_relaxed);
-        sgd.lr = scheduled_lr<T>(opt_, iterations_);
-        sgd.mu = T(opt_.momentum);
-        sgd.nesterov = opt_.nesterov;
-        sgd.bad = &sgd_bad_;
+        sgd.step = SgdStep<T>{scheduled_lr<T>(opt_, iterations_), T(opt_.momentum), opt_.nesterov, &sgd_bad_};
     }
     // d holds dL/d(the layer's output); on the last layer the loss has folded its last activation in.
     T* d = delta_a_.data();
@@ -332,7 +329,7 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
         // The first layer's input gradient is needed only for its input batch normalization's gamma and beta.
         const bool need_dx = l > 0 || (s.bn_in.on && (s.bn_in.center || s.bn_in.scale));
         if (sgd_applied_) {
-            const bool mom = sgd.mu != T(0);
+            const bool mom = sgd.step.mu != T(0);
             sgd.w = params_.data() + w_off_[l];
             sgd.vw = mom ? velocity_.data() + w_off_[l] : nullptr;
             sgd.b = s.use_bias ? params_.data() + b_off_[l] : nullptr;

@@ -263,23 +263,18 @@ inline void pack_b(T* dst, const T* B, index_t brs, index_t bcs, index_t kc, ind
     }
 }
 
-// SgdStore's step on one parameter with gradient g at offset i of its arrays; returns whether
-// the new weight is finite.
+// SgdStore's step on n consecutive parameters from offset off, gradients g (n,).
 template <typename T>
-inline bool sgd_one(const SgdStore<T>& s, index_t i, T g) {
-    T& w = s.w[i];
-    if (s.mu == T(0))
-        w -= g * s.lr;
-    else
-        sgd_momentum_step(w, s.v[i], g, s.lr, s.mu, s.nesterov);
-    return w - w == T(0);
+inline void sgd_row(const SgdStore<T>& s, index_t off, const T* g, index_t n) {
+    const SgdStep<T>& st = s.step;
+    if (!sgd_update(s.w + off, g, s.v ? s.v + off : nullptr, n, st.lr, st.mu, st.nesterov))
+        st.bad->fetch_or(1, std::memory_order_relaxed);
 }
 
-// SgdStore's step on a whole (kMR, NR) register tile of gradients, its weights at offset off.
-// Each row's weights and velocities are loaded before the row above is stored: rows ld apart
-// (4 KB for 1024 floats) would otherwise make each load wait on that store (4K aliasing).
-// Fully unrolled, so that the tile stays in registers (any loop left over it would put the
-// microkernel's accumulators in memory).
+// SgdStore's step on a whole (kMR, NR) register tile of gradients, its weights at offset off:
+// sgd_update's expressions on whole vectors. Each row's weights and velocities are loaded before
+// the row above is stored. Fully unrolled, so that the tile stays in registers (any loop left
+// over it would put the microkernel's accumulators in memory).
 template <typename T>
 __attribute__((always_inline)) inline void sgd_tile(const typename Simd<T>::vec (&g)[kMR][kNV], const SgdStore<T>& s,
                                                     index_t off) {
@@ -288,8 +283,8 @@ __attribute__((always_inline)) inline void sgd_tile(const typename Simd<T>::vec 
     T* const w0 = s.w + off;
     T* const v0 = s.v ? s.v + off : nullptr;
     const index_t ld = s.ld;
-    const T lr = s.lr, mu = s.mu;
-    const bool nesterov = s.nesterov, momentum = mu != T(0);
+    const T lr = s.step.lr, mu = s.step.mu;
+    const bool nesterov = s.step.nesterov, momentum = mu != T(0);
     vec bad{};
     vec w[kMR][kNV]{}, vel[kMR][kNV]{};
 #pragma GCC unroll 8
@@ -321,16 +316,13 @@ __attribute__((always_inline)) inline void sgd_tile(const typename Simd<T>::vec 
     std::memcpy(lanes, &bad, sizeof(vec));
     T any = 0;
     for (index_t i = 0; i < W; ++i) any += lanes[i];
-    if (any != T(0)) s.bad->fetch_or(1, std::memory_order_relaxed);
+    if (any != T(0)) s.step.bad->fetch_or(1, std::memory_order_relaxed);
 }
 
 // SgdStore's step on rows [m0, m1) of a finished product C (M, N), the gemm paths that store C.
 template <typename T>
 inline void sgd_rows(const GemmArgs<T>& g, index_t m0, index_t m1) {
-    const SgdStore<T>& s = *g.sgd;
-    for (index_t m = m0; m < m1; ++m)
-        if (!sgd_update(s.w + m * s.ld, g.C + m * g.ldc, s.v ? s.v + m * s.ld : nullptr, g.N, s.lr, s.mu, s.nesterov))
-            s.bad->fetch_or(1, std::memory_order_relaxed);
+    for (index_t m = m0; m < m1; ++m) sgd_row(*g.sgd, m * g.sgd->ld, g.C + m * g.ldc, g.N);
 }
 
 // Microkernel: the (kMR, NR) tile C := (accumulate ? C : 0) + Ap Bp, one mul_add chain per element
@@ -446,11 +438,7 @@ void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_
                             for (index_t r = 0; r < rows; ++r) std::copy(c + r * g.ldc, c + r * g.ldc + cols, t + r * NR);
                         micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, t, NR, !first, bias);
                         if (sgd) {
-                            bool finite = true;
-                            for (index_t r = 0; r < rows; ++r)
-                                for (index_t j = 0; j < cols; ++j)
-                                    finite &= sgd_one(*sgd, sgd_off + r * sgd->ld + j, t[r * NR + j]);
-                            if (!finite) sgd->bad->fetch_or(1, std::memory_order_relaxed);
+                            for (index_t r = 0; r < rows; ++r) sgd_row(*sgd, sgd_off + r * sgd->ld, t + r * NR, cols);
                         } else {
                             for (index_t r = 0; r < rows; ++r) std::copy(t + r * NR, t + r * NR + cols, c + r * g.ldc);
                         }

@@ -21,8 +21,8 @@ inline T decayed_lr(double lr, double decay, std::int64_t t) {
 // Momentum SGD, Keras form (not PyTorch's), one parameter or one vector of them (V is T or a GCC
 // vector of T), mu != 0:
 //   v := mu*v - lr*g;  w += v                    (nesterov: w += mu*v - lr*g, with the new v)
-// sgd_update below and the update fused into the weight-gradient product's store (gemm.hpp,
-// SgdStore) both call it, so the two give the same bits.
+// sgd_update below and the update fused into the weight-gradient product's store (gemm.hpp
+// sgd_tile) both call it, so the two give the same bits.
 template <typename V, typename T>
 __attribute__((always_inline)) inline void sgd_momentum_step(V& w, V& v, V g, T lr, T mu, bool nesterov) {
     v = v * mu - g * lr;
