@@ -28,8 +28,10 @@ FASTMLP_ISA_BEGIN
 
 // clip_prob, clip_active, bce_term_binary and bce_grad_binary take a scalar or a whole GCC vector
 // (the narrow kernels' lanes), lane by lane the same operations: std::min/std::max written out.
+// Always inlined: a call in a loop over lane vectors spills every live vector register (all of
+// them are caller-saved).
 template <typename V>
-inline V clip_prob(V p) {
+__attribute__((always_inline)) inline V clip_prob(V p) {
     using T = lane_t<V>;
     const T lo = T(kEpsilon), hi = T(1) - T(kEpsilon);
     const V a = p < lo ? lo : p;  // std::max(p, lo)
@@ -37,7 +39,7 @@ inline V clip_prob(V p) {
 }
 
 template <typename V>
-inline auto clip_active(V p) {  // bool, or a lane mask
+__attribute__((always_inline)) inline auto clip_active(V p) {  // bool, or a lane mask
     using T = lane_t<V>;
     return (p < T(kEpsilon)) | (p > T(1) - T(kEpsilon));
 }
@@ -57,14 +59,14 @@ void check_sparse_labels(const T* Y, index_t n, index_t ycols, index_t C) {
 // Elementwise pieces shared by the row-major and the feature-major (narrow.hpp) paths, so that
 // both compute every element with the same operations.
 template <typename V>
-inline V bce_term(V p, V y) {  // y log(clip p) + (1 - y) log(1 - clip p)
+__attribute__((always_inline)) inline V bce_term(V p, V y) {  // y log(clip p) + (1 - y) log(1 - clip p)
     using T = lane_t<V>;
     const V q = clip_prob(p);
     return y * vlog(q) + (T(1) - y) * vlog(T(1) - q);
 }
 
 template <typename V>
-inline V bce_grad(V p, V y, lane_t<V> s) {  // s * d/dp[-(y log p + (1 - y) log(1 - p))], 0 where clipped
+__attribute__((always_inline)) inline V bce_grad(V p, V y, lane_t<V> s) {  // s * d/dp[-(y log p + (1 - y) log(1 - p))], 0 where clipped
     using T = lane_t<V>;
     const V g = s * (-(y / p) + (T(1) - y) / (T(1) - p));
     return clip_active(p) ? T(0) : g;
@@ -74,14 +76,14 @@ inline V bce_grad(V p, V y, lane_t<V> s) {  // s * d/dp[-(y log p + (1 - y) log(
 // instead of two: for such y they return the same bits as bce_term and bce_grad (the dropped
 // term is an exact zero).
 template <typename V>
-inline V bce_term_binary(V p, V y) {
+__attribute__((always_inline)) inline V bce_term_binary(V p, V y) {
     using T = lane_t<V>;
     const V q = clip_prob(p);
     return vlog(y == T(1) ? q : T(1) - q);
 }
 
 template <typename V>
-inline V bce_grad_binary(V p, V y, lane_t<V> s) {
+__attribute__((always_inline)) inline V bce_grad_binary(V p, V y, lane_t<V> s) {
     using T = lane_t<V>;
     const V r = T(1) / (y == T(1) ? p : T(1) - p);
     const V g = s * (y == T(1) ? -r : r);

@@ -3,6 +3,9 @@
 
 #include <pthread.h>
 #include <sched.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -37,6 +40,8 @@ struct Region {
     void (*fn)(void*, int) = nullptr;
     void* ctx = nullptr;
     int ntasks = 0;
+    int helpers = 0;  // workers [0, helpers) may join
+    unsigned csr = 0;  // the caller's floating-point control (flush-to-zero, rounding): the workers' too
     std::atomic<int> next{0};
     std::atomic<int> done{0};
     std::exception_ptr error;
@@ -55,6 +60,28 @@ struct Region {
     }
 };
 
+// Spin (with pause) while cond() holds, for about `spin` at most; then yield the core between
+// checks. A wait that ends within the spin (the usual case: the other thread is running) costs no
+// system call; one that does not (the other core taken by another process) gives the core away.
+template <typename Cond>
+void spin_then_yield(Cond&& cond, std::chrono::microseconds spin) {
+    using clock = std::chrono::steady_clock;
+    auto until = clock::time_point::min();
+    for (int i = 0; cond(); ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if ((i & 63) != 63) continue;
+        const auto now = clock::now();
+        if (until == clock::time_point::min()) {
+            until = now + spin;
+        } else if (now >= until) {
+            while (cond()) std::this_thread::yield();
+            return;
+        }
+    }
+}
+
 class Pool {
 public:
     int threads() const { return threads_.load(std::memory_order_relaxed); }
@@ -62,6 +89,12 @@ public:
 
     // Returns false (having run nothing) when another region holds the pool, the caller's own
     // included (a task that starts a region runs it serially).
+    //
+    // The hand-off takes no lock while the workers spin: the region is published through region_
+    // and generation_, a worker announces itself in inside_ before it reads region_, and the caller
+    // clears region_ before it waits for inside_ to reach 0 (all sequentially consistent, so that
+    // one of the two sees the other's store). Sleeping workers are woken through the condition
+    // variable, only when some are asleep.
     bool run(int ntasks, void (*fn)(void*, int), void* ctx) {
         thread_local bool calling = false;  // this thread is the caller of a running region
         if (calling) return false;
@@ -78,22 +111,23 @@ public:
         region.fn = fn;
         region.ctx = ctx;
         region.ntasks = ntasks;
-        {
-            std::lock_guard<std::mutex> g(mutex_);
-            region_ = &region;
-            active_ = helpers;
-            generation_.fetch_add(1, std::memory_order_release);
+        region.helpers = helpers;
+#if defined(__SSE__)
+        region.csr = _mm_getcsr();
+#endif
+        region_.store(&region);
+        generation_.fetch_add(1);
+        if (sleepers_.load() > 0) {
+            std::lock_guard<std::mutex> g(mutex_);  // a worker between its check and its wait sees the new generation
+            wake_.notify_all();
         }
-        wake_.notify_all();
         // Tasks go to whichever thread is free, so a worker that is slow to wake (the other core
         // busy) costs nothing: the caller takes its tasks.
         region.work();
-        while (region.done.load(std::memory_order_acquire) < ntasks) std::this_thread::yield();
-        {
-            std::lock_guard<std::mutex> g(mutex_);
-            region_ = nullptr;  // no worker joins from now on
-        }
-        while (inside_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+        spin_then_yield([&] { return region.done.load(std::memory_order_acquire) < ntasks; },
+                        std::chrono::microseconds(50));
+        region_.store(nullptr);  // no worker joins from now on
+        spin_then_yield([&] { return inside_.load() > 0; }, std::chrono::microseconds(50));
         if (region.error) std::rethrow_exception(region.error);
         return true;
     }
@@ -106,8 +140,9 @@ public:
         new (&mutex_) std::mutex();
         new (&busy_) std::mutex();
         new (&wake_) std::condition_variable();
-        region_ = nullptr;
+        region_.store(nullptr);
         inside_.store(0);
+        sleepers_.store(0);
     }
 
 private:
@@ -123,37 +158,45 @@ private:
         for (;;) {
             // A short spin first: the next region of a training step usually starts within microseconds.
             const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
-            while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < spin_until) {
+            for (int i = 0; generation_.load(std::memory_order_acquire) == seen; ++i) {
 #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
 #endif
-            }
-            Region* region = nullptr;
-            {
-                std::unique_lock<std::mutex> lock(mutex_);
-                wake_.wait(lock, [&] { return generation_.load() != seen; });
-                seen = generation_.load();
-                if (region_ && id < active_) {
-                    region = region_;
-                    inside_.fetch_add(1, std::memory_order_relaxed);
+                if ((i & 63) == 63 && std::chrono::steady_clock::now() >= spin_until) {
+                    std::unique_lock<std::mutex> lock(mutex_);
+                    sleepers_.fetch_add(1);
+                    wake_.wait(lock, [&] { return generation_.load() != seen; });
+                    sleepers_.fetch_sub(1);
+                    break;
                 }
             }
-            if (region) {
+            seen = generation_.load();
+            inside_.fetch_add(1);
+            Region* region = region_.load();
+            if (region && id < region->helpers) {
+#if defined(__SSE__)
+                // The tasks compute as the caller would (FlushDenormals): the same bits on any thread.
+                const unsigned saved = _mm_getcsr();
+                _mm_setcsr(region->csr);
                 region->work();
-                inside_.fetch_sub(1, std::memory_order_release);
+                _mm_setcsr(saved);
+#else
+                region->work();
+#endif
             }
+            inside_.fetch_sub(1, std::memory_order_release);
         }
     }
 
     std::atomic<int> threads_{default_threads()};
     std::vector<std::thread> workers_;  // live for the whole process
     std::mutex busy_;                   // held by the region running on the pool
-    std::mutex mutex_;                  // guards region_, active_ and changes of generation_
+    std::mutex mutex_;                  // sleeping workers wait on wake_ under it
     std::condition_variable wake_;
-    std::atomic<std::uint64_t> generation_{0};
-    Region* region_ = nullptr;
-    int active_ = 0;              // workers [0, active_) join the current region
-    std::atomic<int> inside_{0};  // workers inside the current region
+    alignas(64) std::atomic<std::uint64_t> generation_{0};
+    std::atomic<Region*> region_{nullptr};
+    alignas(64) std::atomic<int> inside_{0};  // workers that may be reading region_ or inside a region
+    alignas(64) std::atomic<int> sleepers_{0};  // workers waiting on wake_
 };
 
 Pool& pool() {

@@ -3,6 +3,9 @@ NumPy on shapes with 1, 7, 17, 33, 255 and 1000 in each dimension and every tran
 naive twin bit for bit, and bit for bit across thread counts, also for whole training runs."""
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -192,3 +195,31 @@ def test_narrow_training_is_bitwise_equal_whatever_the_thread_count():
         w, h, g = _train_narrow(threads, by_batch)
         assert h == h1 and g == g1, threads
         assert all(np.array_equal(a, b) for a, b in zip(w, w1)), threads
+
+
+_FLUSH_SCRIPT = """
+import numpy as np
+import fastmlp
+from fastmlp import _core
+from fastmlp.layers import Dense
+from fastmlp.models import Sequential
+_core.kernels.fma_peak(iterations=1000)  # starts the pool's workers outside any flush-to-zero scope
+model = Sequential([Dense(256, activation="linear", input_dim=256)])
+model.compile(loss="mse", optimizer="sgd")
+model.set_weights([np.full((256, 256), 1e-20, np.float32), np.zeros(256, np.float32)])
+x = np.full((1024, 256), 1e-20, np.float32)  # every product 1e-40: subnormal, flushed to 0
+out = []
+for threads in (1, 2):
+    fastmlp.set_num_threads(threads)
+    out.append(model.predict(x, verbose=0))
+print(np.count_nonzero(out[0]), np.count_nonzero(out[1]))
+"""
+
+
+def test_pool_threads_flush_subnormals_as_the_caller_does():
+    # The engine computes with subnormals flushed to zero (common.hpp FlushDenormals); the pool's
+    # workers must too, whatever the mode of the thread that started them, or a product's tiles
+    # would differ with the thread that ran them. A fresh process, so that the workers start here.
+    env = dict(os.environ, FASTMLP_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", _FLUSH_SCRIPT], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["0", "0"], out.stdout
