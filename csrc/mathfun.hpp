@@ -4,7 +4,9 @@
 // -ffast-math), and on tiny networks the loss and softmax transcendentals cost more than all the
 // matrix products. These are the Cephes polynomials (as in sse_mathfun): within 2 ulp of the
 // correctly rounded result on their domain (measured: within 1 ulp of float64 exp on [-87, 88] and
-// log on [1e-7, 1]), and deterministic (plain IEEE operations, no FMA).
+// log on [1e-7, 1]), and deterministic: plain IEEE operations, the polynomials' steps a * x + c
+// fused (madd) in the variants with FMA, rounded twice in the baseline; a scalar and a lane of a
+// vector take the same operations in every variant.
 // double keeps the C library's exp/log/tanh: it is the precision path (gradient checks), not the fast one.
 #pragma once
 
@@ -15,6 +17,9 @@
 #include <utility>
 
 #include "common.hpp"
+#if FASTMLP_VEC_BYTES >= 32
+#include <immintrin.h>
+#endif
 
 FASTMLP_ISA_BEGIN
 
@@ -48,6 +53,38 @@ struct FloatLanes<float> {
     }
 };
 
+// x as V: itself, or a float broadcast to every lane of the vector V.
+template <typename V, typename X>
+__attribute__((always_inline)) inline V as_lanes(X x) {
+    if constexpr (std::is_same_v<V, X> || std::is_same_v<V, float>) {
+        return x;
+    } else {
+        return V{} + x;  // 0 + x: x itself for the nonzero constants passed here
+    }
+}
+
+// a * b + c for a float or a GCC vector of floats (b and c: the same, or floats broadcast): one
+// fused multiply-add, one rounding, where the variant has FMA (avx2, avx512); a multiply and an
+// add in the baseline.
+template <typename V, typename B, typename C>
+__attribute__((always_inline)) inline V madd(V a, B b_, C c_) {
+    const V b = as_lanes<V>(b_), c = as_lanes<V>(c_);
+#if FASTMLP_VEC_BYTES >= 32
+    if constexpr (std::is_same_v<V, float>) {
+        return __builtin_fmaf(a, b, c);
+    } else if constexpr (sizeof(V) == 16) {
+        return (V)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c);
+    } else if constexpr (sizeof(V) == 32) {
+        return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+    } else {
+        static_assert(sizeof(V) == 64, "madd: a float or a vector of 4, 8 or 16 floats");
+        return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+    }
+#else
+    return a * b + c;
+#endif
+}
+
 // exp(x): exact 0 below -87.33 (results under FLT_MIN flush to zero), +inf above 88.72, NaN kept.
 template <typename V>
 __attribute__((always_inline)) inline V exp_fast(V x) {
@@ -60,15 +97,16 @@ __attribute__((always_inline)) inline V exp_fast(V x) {
     typename F::I n = F::trunc(t + (t >= 0.0f ? 0.5f : -0.5f));
     n = n > 127 ? 127 : n;
     const V fn = F::to_float(n);
-    const V r = (xc - fn * 0.693359375f) - fn * -2.12194440e-4f;
+    // r = x - n ln 2 (Cody-Waite: n * 0.693359375 is exact), then minus n * (ln 2 - 0.693359375).
+    const V r = madd(fn, 2.12194440e-4f, xc - fn * 0.693359375f);
     // The degree-5 polynomial by Estrin's scheme (pairs, then powers of r^2): half the dependent
     // chain of Horner's, which bounded the throughput of whole vectors of exps.
     const V r2 = r * r, r4 = r2 * r2;
-    const V p01 = r * 1.6666665459e-1f + 5.0000001201e-1f;
-    const V p23 = r * 8.3334519073e-3f + 4.1665795894e-2f;
-    const V p45 = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    const V p = (p01 + r2 * p23) + r4 * p45;
-    const V y = (p * r2 + r) + 1.0f;
+    const V p01 = madd(r, 1.6666665459e-1f, 5.0000001201e-1f);
+    const V p23 = madd(r, 8.3334519073e-3f, 4.1665795894e-2f);
+    const V p45 = madd(r, 1.9875691500e-4f, 1.3981999507e-3f);
+    const V p = madd(r4, p45, madd(r2, p23, p01));
+    const V y = madd(p, r2, r) + 1.0f;
     V out = y * F::from_bits((n + 127) << 23);
     out = x < lo ? 0.0f : out;
     out = x > hi ? HUGE_VALF : out;
@@ -89,15 +127,15 @@ __attribute__((always_inline)) inline V log_fast(V x) {
     m = small ? (m + m) - 1.0f : m - 1.0f;
     const V z = m * m, z2 = z * z, z4 = z2 * z2;
     // The degree-8 polynomial by Estrin's scheme, as in exp_fast.
-    const V q01 = m * -2.4999993993e-1f + 3.3333331174e-1f;
-    const V q23 = m * -1.6668057665e-1f + 2.0000714765e-1f;
-    const V q45 = m * -1.2420140846e-1f + 1.4249322787e-1f;
-    const V q67 = m * -1.1514610310e-1f + 1.1676998740e-1f;
-    const V p = (q01 + z * q23) + z2 * (q45 + z * q67) + z4 * 7.0376836292e-2f;
+    const V q01 = madd(m, -2.4999993993e-1f, 3.3333331174e-1f);
+    const V q23 = madd(m, -1.6668057665e-1f, 2.0000714765e-1f);
+    const V q45 = madd(m, -1.2420140846e-1f, 1.4249322787e-1f);
+    const V q67 = madd(m, -1.1514610310e-1f, 1.1676998740e-1f);
+    const V p = madd(z4, 7.0376836292e-2f, madd(z2, madd(z, q67, q45), madd(z, q23, q01)));
     V y = (p * m) * z;
-    y = y + e * -2.12194440e-4f;
-    y = y - 0.5f * z;
-    const V out = (m + y) + e * 0.693359375f;
+    y = madd(e, -2.12194440e-4f, y);
+    y = madd(z, -0.5f, y);
+    const V out = madd(e, 0.693359375f, m + y);
     return x != x ? x : out;
 }
 
@@ -110,9 +148,11 @@ __attribute__((always_inline)) inline V tanh_fast(V x) {
     const typename F::I bits = F::to_bits(x);
     const V ax = F::from_bits(bits & 0x7fffffff);
     const V z = ax * ax;
-    const V p = ((((z * -5.70498872745e-3f + 2.06390887954e-2f) * z + -5.37397155531e-2f) * z + 1.33314422036e-1f) * z +
-                 -3.33332819422e-1f) * z;
-    const V mag = ax < 0.625f ? p * ax + ax : 1.0f - 2.0f / (exp_fast(ax + ax) + 1.0f);
+    V p = madd(z, -5.70498872745e-3f, 2.06390887954e-2f);
+    p = madd(p, z, -5.37397155531e-2f);
+    p = madd(p, z, 1.33314422036e-1f);
+    p = madd(p, z, -3.33332819422e-1f) * z;
+    const V mag = ax < 0.625f ? madd(p, ax, ax) : 1.0f - 2.0f / (exp_fast(ax + ax) + 1.0f);
     return F::from_bits(F::to_bits(mag) | (bits & ~0x7fffffff));
 }
 
