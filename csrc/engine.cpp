@@ -410,16 +410,17 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std:
 }
 
 // Gather rows idx[0..B) of X and Y into the batch buffers (feature-major on the narrow path, with
-// zero padding lanes; from `records`, the rows packed by epoch_records, when not null) and run
+// zero padding lanes; from `records`, the batch's B consecutive records of epoch_records, when not
+// null) and run
 // forward and backward: grads_ := the batch's gradient. Returns the batch's loss sum and adds its
 // metric sums.
 template <typename T>
 double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std::uint32_t* idx, index_t B,
                                   std::vector<double>* metric_sums, const T* records) {
     const index_t K = layers_[0].in, yc = target_cols();
-    if (records) {  // only the narrow path has them
+    if (records) {  // only the narrow path has them: the batch's B records, in order
         const index_t L = round_up(B, kLaneBlock);
-        gather_lanes(lanes_.data(), records, record_width_, idx, B, L);
+        gather_lanes(lanes_.data(), records, record_width_, static_cast<const std::uint32_t*>(nullptr), B, L);
         bx_ = lanes_.data();
         by_ = bx_ + K * L;
         bw_ = W ? by_ + yc * L : nullptr;
@@ -458,7 +459,8 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std:
     return forward_backward(xb_.data(), yb_.data(), bw_, B, metric_sums);
 }
 
-// The narrow path's records of the epoch's training rows (pack_records), made at its first
+// The narrow path's records of the epoch's training rows in the epoch's order (pack_records; a
+// batch is then consecutive records), made at its first
 // train_steps and kept while the same arrays come back; null when too large to copy (the batches
 // are then gathered from X and Y directly).
 template <typename T>
@@ -471,7 +473,7 @@ const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n)
         static_cast<index_t>(records_.size()) != n * width) {
         record_width_ = width;
         records_.resize(n * width);
-        pack_records(records_.data(), width, X, K, Y, yc, W, n);
+        pack_records(records_.data(), width, X, K, Y, yc, W, n, order_.data());
         records_of_[0] = X;
         records_of_[1] = Y;
         records_of_[2] = W;
@@ -543,7 +545,8 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
         // The batch's loss, as Keras reports it: the mean over its samples plus the weight
         // penalties (computed with the weights before this update), times B for the epoch's sum.
         const double loss =
-            batch_gradients(X, Y, W, idx, B, &step_metrics, records) + double(B) * penalties(true);
+            batch_gradients(X, Y, W, idx, B, &step_metrics, records ? records + start * record_width_ : nullptr) +
+            double(B) * penalties(true);
         if (!std::isfinite(loss)) {
             // TerminateOnNaN, but the weights stay those before this batch.
             sums_.stop = StopReason::NonFiniteLoss;

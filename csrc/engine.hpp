@@ -109,8 +109,8 @@ private:
     // The batch as forward_backward_narrow reads it: inputs (K0, L), targets (yc, L), sample
     // weights (L) or null; views of xb_, yb_ and wb_, or of lanes_ when gathered from records_.
     const T *bx_ = nullptr, *by_ = nullptr, *bw_ = nullptr;
-    // The narrow path's copy of the epoch's rows as records (epoch_records, narrow.hpp
-    // pack_records), the arrays it was made from, and a batch gathered from it.
+    // The narrow path's copy of the epoch's rows as records in the epoch's order (epoch_records,
+    // narrow.hpp pack_records), the arrays it was made from, and a batch gathered from it.
     std::vector<T> records_, lanes_;
     index_t record_width_ = 0;
     const T* records_of_[3] = {};

@@ -85,7 +85,11 @@ __attribute__((always_inline)) inline V bce_term_binary(V p, V y) {
 template <typename V>
 __attribute__((always_inline)) inline V bce_grad_binary(V p, V y, lane_t<V> s) {
     using T = lane_t<V>;
-    const V r = T(1) / (y == T(1) ? p : T(1) - p);
+    V den = y == T(1) ? p : T(1) - p;
+    // One division of the selected denominator: without the barrier GCC divides both candidates
+    // and selects the quotient (the same bits, twice the divisions).
+    if constexpr (!std::is_same_v<V, T>) asm("" : "+x"(den));
+    const V r = T(1) / den;
     const V g = s * (y == T(1) ? -r : r);
     return clip_active(p) ? T(0) : g;
 }

@@ -16,7 +16,7 @@
 // Training takes three shortcuts, each with a twin that gives the same bits (Engine's
 // set_fused_kernels switches to the twins; tests/test_engine.py checks them against each other):
 // the output stage runs in one pass (narrow_output_fused), batches are gathered from the epoch's
-// rows packed as records (pack_records, gather_lanes), and on AVX2 the lane sums' trees are
+// rows packed as records in the epoch's order (pack_records, gather_lanes), and on AVX2 the lane sums' trees are
 // reduced four outputs at a time (lane_tree4).
 #pragma once
 
@@ -445,34 +445,37 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
     return total;
 }
 
-// The training rows as records, for gather_lanes: R (n, RW) := [X row (K), Y row (yc), W value
-// (when W is not null), zeros up to RW], RW a multiple of 4. One record per sample, so that a
-// batch's gather reads each of its samples with RW / 4 vector loads.
+// The training rows as records in the epoch's order, for gather_lanes: record i of R (n, RW) :=
+// [X row (K), Y row (yc), W value (when W is not null), zeros up to RW] of row order[i], RW a
+// multiple of 4. One record per sample, so that a batch's gather reads each of its samples with
+// RW / 4 vector loads; in the epoch's order, so that a batch is consecutive records.
 // Records of 4 values with K and YC fixed (the seed's 2 + 2): each built in a vector, one store.
 template <typename T, int K, int YC, bool HW>
-void pack_records4(T* R, const T* X, const T* Y, const T* W, index_t n) {
+void pack_records4(T* R, const T* X, const T* Y, const T* W, index_t n, const std::uint32_t* order) {
     static_assert(K + YC + (HW ? 1 : 0) <= 4, "a record of 4 values");
     typedef T v4 __attribute__((vector_size(4 * sizeof(T))));
     for (index_t i = 0; i < n; ++i) {
+        const index_t row = order[i];
         v4 r{};
-        for (int k = 0; k < K; ++k) r[k] = X[i * K + k];
-        for (int k = 0; k < YC; ++k) r[K + k] = Y[i * YC + k];
-        if constexpr (HW) r[K + YC] = W[i];
+        for (int k = 0; k < K; ++k) r[k] = X[row * K + k];
+        for (int k = 0; k < YC; ++k) r[K + k] = Y[row * YC + k];
+        if constexpr (HW) r[K + YC] = W[row];
         std::memcpy(R + 4 * i, &r, sizeof(r));
     }
 }
 
 template <typename T>
-void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t yc, const T* W, index_t n) {
+void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t yc, const T* W, index_t n,
+                  const std::uint32_t* order) {
     const index_t used = K + yc + (W ? 1 : 0);
     require(RW % 4 == 0 && RW >= used, "pack_records: the record width must be a multiple of 4 that holds a row.");
     if (RW == 4) {
 #define FASTMLP_RECORDS4(k, y)                                                         \
     if (K == k && yc == y) {                                                           \
         if (W) {                                                                       \
-            if constexpr (k + y < 4) return pack_records4<T, k, y, true>(R, X, Y, W, n); \
+            if constexpr (k + y < 4) return pack_records4<T, k, y, true>(R, X, Y, W, n, order); \
         } else {                                                                       \
-            return pack_records4<T, k, y, false>(R, X, Y, W, n);                       \
+            return pack_records4<T, k, y, false>(R, X, Y, W, n, order);                \
         }                                                                              \
     }
         FASTMLP_RECORDS4(1, 1) FASTMLP_RECORDS4(1, 2) FASTMLP_RECORDS4(2, 1) FASTMLP_RECORDS4(2, 2)
@@ -484,7 +487,7 @@ void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t y
     auto column = [&](index_t k, const T* src, index_t stride) {
         T* out = R + k;
 #pragma GCC unroll 8
-        for (index_t i = 0; i < n; ++i) out[i * RW] = src[i * stride];
+        for (index_t i = 0; i < n; ++i) out[i * RW] = src[static_cast<index_t>(order[i]) * stride];
     };
     for (index_t k = 0; k < K; ++k) column(k, X + k, K);
     for (index_t k = 0; k < yc; ++k) column(K + k, Y + k, yc);
@@ -493,20 +496,23 @@ void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t y
     for (index_t k = used; k < RW; ++k) column(k, &zero, 0);
 }
 
-// The batch's records idx[0..B) into lanes: Out (RW, L), Out[k][r] := R[idx[r]][k], the padding
-// lanes r >= B zero. Four records at a time: four vector loads per four columns, transposed in
-// registers. Copies only, so the same bits as a gather from X and Y.
-template <typename T>
-void gather_lanes(T* Out, const T* R, index_t RW, const std::uint32_t* idx, index_t B, index_t L) {
+// The batch's records idx[0..B) (idx null: records 0..B) into lanes: Out (RW, L), Out[k][r] :=
+// R[idx[r]][k], the padding lanes r >= B zero. Four records at a time: four vector loads per four
+// columns, transposed in registers. Copies only, so the same bits as a gather from X and Y.
+// RWc: RW when fixed at compile time (records of 4 values, the seed's), 0 when not.
+template <int RWc, typename T>
+void gather_records(T* Out, const T* R, index_t RW_, const std::uint32_t* idx, index_t B, index_t L) {
+    const index_t RW = RWc ? RWc : RW_;
+    auto record = [&](index_t r) { return R + (idx ? static_cast<index_t>(idx[r]) : r) * RW; };
     typedef T v4 __attribute__((vector_size(4 * sizeof(T))));
     typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> I;
     typedef I m4 __attribute__((vector_size(4 * sizeof(T))));
     index_t r = 0;
     for (; r + 4 <= B; r += 4) {
-        const T* a = R + static_cast<index_t>(idx[r]) * RW;
-        const T* b = R + static_cast<index_t>(idx[r + 1]) * RW;
-        const T* c = R + static_cast<index_t>(idx[r + 2]) * RW;
-        const T* d = R + static_cast<index_t>(idx[r + 3]) * RW;
+        const T* a = record(r);
+        const T* b = record(r + 1);
+        const T* c = record(r + 2);
+        const T* d = record(r + 3);
         for (index_t k = 0; k < RW; k += 4) {
             v4 va, vb, vc, vd;
             std::memcpy(&va, a + k, sizeof(v4));
@@ -521,8 +527,14 @@ void gather_lanes(T* Out, const T* R, index_t RW, const std::uint32_t* idx, inde
         }
     }
     for (; r < B; ++r)
-        for (index_t k = 0; k < RW; ++k) Out[k * L + r] = R[static_cast<index_t>(idx[r]) * RW + k];
+        for (index_t k = 0; k < RW; ++k) Out[k * L + r] = record(r)[k];
     for (index_t k = 0; k < RW; ++k) std::fill(Out + k * L + B, Out + k * L + L, T(0));
+}
+
+template <typename T>
+void gather_lanes(T* Out, const T* R, index_t RW, const std::uint32_t* idx, index_t B, index_t L) {
+    if (RW == 4) return gather_records<4>(Out, R, RW, idx, B, L);
+    gather_records<0>(Out, R, RW, idx, B, L);
 }
 
 // Whether narrow_output_fused takes this loss and output activation.
