@@ -420,7 +420,7 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std:
     const index_t K = layers_[0].in, yc = target_cols();
     if (records) {  // only the narrow path has them: the batch's B records, in order
         const index_t L = round_up(B, kLaneBlock);
-        gather_lanes(lanes_.data(), records, record_width_, static_cast<const std::uint32_t*>(nullptr), B, L);
+        gather_lanes(lanes_.data(), records, record_width_, B, L);
         bx_ = lanes_.data();
         by_ = bx_ + K * L;
         bw_ = W ? by_ + yc * L : nullptr;

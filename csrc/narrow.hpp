@@ -496,14 +496,14 @@ void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t y
     for (index_t k = used; k < RW; ++k) column(k, &zero, 0);
 }
 
-// The batch's records idx[0..B) (idx null: records 0..B) into lanes: Out (RW, L), Out[k][r] :=
-// R[idx[r]][k], the padding lanes r >= B zero. Four records at a time: four vector loads per four
-// columns, transposed in registers. Copies only, so the same bits as a gather from X and Y.
-// RWc: RW when fixed at compile time (records of 4 values, the seed's), 0 when not.
+// A batch's B consecutive records R (B, RW) into lanes: Out (RW, L), Out[k][r] := R[r][k], the
+// padding lanes r >= B zero. Four records at a time: four vector loads per four columns, transposed
+// in registers. Copies only, so the same bits as a gather from X and Y. RWc: RW when fixed at
+// compile time (records of 4 values, the seed's), 0 when not.
 template <int RWc, typename T>
-void gather_records(T* Out, const T* R, index_t RW_, const std::uint32_t* idx, index_t B, index_t L) {
+void gather_records(T* Out, const T* R, index_t RW_, index_t B, index_t L) {
     const index_t RW = RWc ? RWc : RW_;
-    auto record = [&](index_t r) { return R + (idx ? static_cast<index_t>(idx[r]) : r) * RW; };
+    auto record = [&](index_t r) { return R + r * RW; };
     typedef T v4 __attribute__((vector_size(4 * sizeof(T))));
     typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> I;
     typedef I m4 __attribute__((vector_size(4 * sizeof(T))));
@@ -532,9 +532,9 @@ void gather_records(T* Out, const T* R, index_t RW_, const std::uint32_t* idx, i
 }
 
 template <typename T>
-void gather_lanes(T* Out, const T* R, index_t RW, const std::uint32_t* idx, index_t B, index_t L) {
-    if (RW == 4) return gather_records<4>(Out, R, RW, idx, B, L);
-    gather_records<0>(Out, R, RW, idx, B, L);
+void gather_lanes(T* Out, const T* R, index_t RW, index_t B, index_t L) {
+    if (RW == 4) return gather_records<4>(Out, R, RW, B, L);
+    gather_records<0>(Out, R, RW, B, L);
 }
 
 // Whether narrow_output_fused takes this loss and output activation.

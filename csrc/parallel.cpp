@@ -60,11 +60,11 @@ struct Region {
     }
 };
 
-// Spin (with pause) while cond() holds, for about `spin` at most; then yield the core between
-// checks. A wait that ends within the spin (the usual case: the other thread is running) costs no
-// system call; one that does not (the other core taken by another process) gives the core away.
+// Spin (with pause) while cond() holds, for about `spin` at most (the clock read every 64 pauses);
+// returns whether it still holds. A wait that ends within the spin (the usual case: the other
+// thread is running) costs no system call; after it, the caller gives its core away.
 template <typename Cond>
-void spin_then_yield(Cond&& cond, std::chrono::microseconds spin) {
+bool spin_while(Cond&& cond, std::chrono::microseconds spin) {
     using clock = std::chrono::steady_clock;
     auto until = clock::time_point::min();
     for (int i = 0; cond(); ++i) {
@@ -76,10 +76,17 @@ void spin_then_yield(Cond&& cond, std::chrono::microseconds spin) {
         if (until == clock::time_point::min()) {
             until = now + spin;
         } else if (now >= until) {
-            while (cond()) std::this_thread::yield();
-            return;
+            return cond();
         }
     }
+    return false;
+}
+
+// Spin, then yield the core between checks (the other core taken by another process).
+template <typename Cond>
+void spin_then_yield(Cond&& cond) {
+    if (spin_while(cond, std::chrono::microseconds(50)))
+        while (cond()) std::this_thread::yield();
 }
 
 class Pool {
@@ -124,10 +131,9 @@ public:
         // Tasks go to whichever thread is free, so a worker that is slow to wake (the other core
         // busy) costs nothing: the caller takes its tasks.
         region.work();
-        spin_then_yield([&] { return region.done.load(std::memory_order_acquire) < ntasks; },
-                        std::chrono::microseconds(50));
+        spin_then_yield([&] { return region.done.load(std::memory_order_acquire) < ntasks; });
         region_.store(nullptr);  // no worker joins from now on
-        spin_then_yield([&] { return inside_.load() > 0; }, std::chrono::microseconds(50));
+        spin_then_yield([&] { return inside_.load() > 0; });
         if (region.error) std::rethrow_exception(region.error);
         return true;
     }
@@ -156,19 +162,14 @@ private:
     void loop(int id) {
         std::uint64_t seen = generation_.load();
         for (;;) {
-            // A short spin first: the next region of a training step usually starts within microseconds.
-            const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
-            for (int i = 0; generation_.load(std::memory_order_acquire) == seen; ++i) {
-#if defined(__x86_64__) || defined(__i386__)
-                __builtin_ia32_pause();
-#endif
-                if ((i & 63) == 63 && std::chrono::steady_clock::now() >= spin_until) {
-                    std::unique_lock<std::mutex> lock(mutex_);
-                    sleepers_.fetch_add(1);
-                    wake_.wait(lock, [&] { return generation_.load() != seen; });
-                    sleepers_.fetch_sub(1);
-                    break;
-                }
+            // A short spin first: the next region of a training step usually starts within
+            // microseconds. Then sleep until one does.
+            auto same = [&] { return generation_.load(std::memory_order_acquire) == seen; };
+            if (spin_while(same, std::chrono::microseconds(50))) {
+                std::unique_lock<std::mutex> lock(mutex_);
+                sleepers_.fetch_add(1);
+                wake_.wait(lock, [&] { return generation_.load() != seen; });
+                sleepers_.fetch_sub(1);
             }
             seen = generation_.load();
             inside_.fetch_add(1);
