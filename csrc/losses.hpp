@@ -34,8 +34,8 @@ template <typename V>
 __attribute__((always_inline)) inline V clip_prob(V p) {
     using T = lane_t<V>;
     const T lo = T(kEpsilon), hi = T(1) - T(kEpsilon);
-    const V a = p < lo ? lo : p;  // std::max(p, lo)
-    return hi < a ? hi : a;       // std::min(a, hi)
+    const V a = max_sel(as_lanes<V>(lo), p);  // std::max(p, lo): p < lo ? lo : p
+    return min_sel(as_lanes<V>(hi), a);       // std::min(a, hi): hi < a ? hi : a
 }
 
 template <typename V>

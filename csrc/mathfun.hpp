@@ -17,7 +17,7 @@
 #include <utility>
 
 #include "common.hpp"
-#if FASTMLP_VEC_BYTES >= 32
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -85,13 +85,51 @@ __attribute__((always_inline)) inline V madd(V a, B b_, C c_) {
 #endif
 }
 
+// a > b ? a : b and a < b ? a : b lane by lane (NaN in either operand: b), as x86's max and min
+// instructions define them: one instruction where GCC emits a compare and a blend for the
+// conditional (it also turns the intrinsics back into the conditional in larger functions, hence
+// the asm on AVX). A scalar keeps the conditional (GCC emits maxss/minss for it).
+#define FASTMLP_MINMAX(NAME, INSN, SSE_PS, SSE_PD, OP)                                                     \
+    template <typename V>                                                                                 \
+    __attribute__((always_inline)) inline V NAME(V a, V b) {                                              \
+        if constexpr (!std::is_arithmetic_v<V>) {                                                         \
+            constexpr bool f = std::is_same_v<std::remove_cv_t<std::remove_reference_t<decltype(a[0])>>, float>; \
+            if constexpr (sizeof(V) == 32 || sizeof(V) == 64) {                                           \
+                V r;                                                                                      \
+                if constexpr (f) {                                                                        \
+                    asm("v" INSN "ps %2, %1, %0" : "=v"(r) : "v"(a), "vm"(b));                            \
+                } else {                                                                                  \
+                    asm("v" INSN "pd %2, %1, %0" : "=v"(r) : "v"(a), "vm"(b));                            \
+                }                                                                                         \
+                return r;                                                                                 \
+            }                                                                                             \
+            if constexpr (sizeof(V) == 16) return f ? (V)SSE_PS((__m128)a, (__m128)b) : (V)SSE_PD((__m128d)a, (__m128d)b); \
+        }                                                                                                 \
+        return a OP b ? a : b;                                                                            \
+    }
+#if defined(__SSE2__) && defined(__GNUC__)
+FASTMLP_MINMAX(max_sel, "max", _mm_max_ps, _mm_max_pd, >)
+FASTMLP_MINMAX(min_sel, "min", _mm_min_ps, _mm_min_pd, <)
+#else
+template <typename V>
+inline V max_sel(V a, V b) {
+    return a > b ? a : b;
+}
+template <typename V>
+inline V min_sel(V a, V b) {
+    return a < b ? a : b;
+}
+#endif
+#undef FASTMLP_MINMAX
+
 // exp(x): exact 0 below -87.33 (results under FLT_MIN flush to zero), +inf above 88.72, NaN kept.
 template <typename V>
 __attribute__((always_inline)) inline V exp_fast(V x) {
     using F = FloatLanes<V>;
     const float lo = -87.3365447505531f, hi = 88.7228391116729f;
-    // Written so that NaN selects lo (no NaN reaches the int conversion); it is put back at the end.
-    const V xc = x > lo ? (x < hi ? x : hi) : lo;
+    // x > lo ? min(x, hi) : lo, written so that NaN selects lo (no NaN reaches the int
+    // conversion); it is put back at the end.
+    const V xc = min_sel(max_sel(x, as_lanes<V>(lo)), as_lanes<V>(hi));
     // n = round(x / ln 2), capped at 127 so that 2^n is a normal float.
     const V t = xc * 1.44269504088896341f;
     typename F::I n = F::trunc(t + (t >= 0.0f ? 0.5f : -0.5f));

@@ -104,7 +104,7 @@ inline void lanes_product(T* O, index_t ors, const T* In, const T* coef, index_t
         for (int r = 0; r < G; ++r) {
             vec o = acc[r];
             if (bias) o = o + bv[r];
-            if (relu) o = o > T(0) ? o : T(0);
+            if (relu) o = max_sel(o, zero);  // o > 0 ? o : 0
             if (mask) o = load_lanes(mask + r * L + l) > T(0) ? o : T(0);
             store_lanes(O + r * ors + l, o);
         }
@@ -209,7 +209,7 @@ void narrow_softmax(T* A, index_t F, index_t L) {
         vec m = splat(neg_inf);
         for (index_t f = 0; f < F; ++f) {
             const vec a = load_lanes(A + f * L + l);
-            m = m < a ? a : m;  // std::max(m, a)
+            m = max_sel(a, m);  // std::max(m, a): m < a ? a : m
         }
         vec s{};
         for (index_t f = 0; f < F; ++f) {
@@ -573,19 +573,34 @@ inline bool all_onehot_lanes(const T* Y, index_t C, index_t B, index_t L) {
 // logit gradient into dZ (C, L) (sample weights w (L,) or null applied, padding lanes >= B zero),
 // each with exactly the operations of narrow_softmax and narrow_output_loss, so the same bits.
 // Returns the batch's loss sum (lanes_total of s). narrow_output_loss is its layer-by-layer twin.
-// C is a template parameter so that a lane vector's classes stay in registers.
-template <int C, typename T>
-void narrow_output_lanes(LossKind kind, Act act, T* A, const T* Y, index_t B, index_t L, T scale, T* dZ, T* s,
-                         const T* w) {
+// C is a template parameter so that a lane vector's classes stay in registers; the case (loss,
+// activation, targets) is Case's: read at run time (OutputCase), or fixed at compile time
+// (FixedOutputCase) so that the loop holds only its own operations.
+// The binary forms give bce_term's and bce_grad's bits when every target is 0 or 1 (binary); with
+// one-hot targets (onehot), the categorical sum over classes is its one nonzero term (the others
+// add -0), so one log per lane gives its bits.
+struct OutputCase {
+    LossKind kind;
+    Act act;
+    bool binary, onehot, weighted;
+};
+template <LossKind K, Act A, bool Binary>
+struct FixedOutputCase {
+    static constexpr LossKind kind = K;
+    static constexpr Act act = A;
+    static constexpr bool binary = Binary, onehot = false, weighted = false;
+};
+
+template <int C, typename Case, typename T>
+void narrow_output_lanes(const Case& cs, T* A, const T* Y, index_t B, index_t L, T scale, T* dZ, T* s, const T* w) {
     using vec = LaneVec<T>;
     constexpr index_t VW = Simd<T>::width;
+    const LossKind kind = cs.kind;
+    const Act act = cs.act;
+    const bool binary = cs.binary, onehot = cs.onehot;
+    if (!cs.weighted) w = nullptr;
     const bool bce = kind == LossKind::BinaryCrossentropy, cce = kind == LossKind::CategoricalCrossentropy;
     const bool sparse = kind == LossKind::SparseCategoricalCrossentropy;  // Y (1, L): class ids
-    // The binary forms give bce_term's and bce_grad's bits when every target is 0 or 1; with one-hot
-    // targets, the categorical sum over classes is its one nonzero term (the others add -0), so
-    // one log per lane gives its bits.
-    const bool binary = bce && all_binary(Y, C * L);
-    const bool onehot = cce && all_onehot_lanes(Y, C, B, L);
     const T sign = bce ? T(-1) : T(1);
     const T sc = kind == LossKind::MeanSquaredError ? scale * T(2) / T(C) : scale / T(C);
     for (index_t l = 0; l < L; l += VW) {
@@ -599,7 +614,7 @@ void narrow_output_lanes(LossKind kind, Act act, T* A, const T* Y, index_t B, in
         }
         if (act == Act::Softmax) {
             vec m = splat(-std::numeric_limits<T>::infinity());
-            for (int c = 0; c < C; ++c) m = m < p[c] ? p[c] : m;  // std::max(m, a)
+            for (int c = 0; c < C; ++c) m = max_sel(p[c], m);  // std::max(m, a): m < a ? a : m
             if constexpr (C == 2) {
                 // One of a - m is 0 in every lane, whose exp is exactly 1: one exp for the other
                 // (NaN lanes stay NaN).
@@ -672,7 +687,22 @@ double narrow_output_fused(LossKind kind, Act act, T* A, const T* Y, index_t B, 
                            T* dZ, T* s, const T* w) {
     require(narrow_output_fusable(kind, act), "narrow_output_fused: unsupported loss and output activation.");
     require(C >= 1 && C <= 16, "narrow_output_fused: 1 to 16 classes (the narrow path's widest layer).");
-    auto run = [&](auto Cc) { narrow_output_lanes<decltype(Cc)::value>(kind, act, A, Y, B, L, scale, dZ, s, w); };
+    const bool bce = kind == LossKind::BinaryCrossentropy;
+    const OutputCase cs{kind, act, bce && all_binary(Y, C * L),
+                        kind == LossKind::CategoricalCrossentropy && all_onehot_lanes(Y, C, B, L), w != nullptr};
+    // The common cases of tiny networks fixed at compile time: a softmax pair (the seed's) or one
+    // sigmoid, binary cross-entropy on 0/1 targets, no sample weights.
+    if (cs.binary && !w && act == Act::Softmax && C == 2) {
+        narrow_output_lanes<2>(FixedOutputCase<LossKind::BinaryCrossentropy, Act::Softmax, true>{}, A, Y, B, L, scale,
+                               dZ, s, w);
+        return lanes_total(s, w, B);
+    }
+    if (cs.binary && !w && act == Act::Sigmoid && C == 1) {
+        narrow_output_lanes<1>(FixedOutputCase<LossKind::BinaryCrossentropy, Act::Sigmoid, true>{}, A, Y, B, L, scale,
+                               dZ, s, w);
+        return lanes_total(s, w, B);
+    }
+    auto run = [&](auto Cc) { narrow_output_lanes<decltype(Cc)::value>(cs, A, Y, B, L, scale, dZ, s, w); };
     if (C > kMaxGroup) {
         with_group(C - kMaxGroup, [&](auto G) { run(std::integral_constant<int, kMaxGroup + decltype(G)::value>{}); });
     } else {
