@@ -459,10 +459,10 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std:
     return forward_backward(xb_.data(), yb_.data(), bw_, B, metric_sums);
 }
 
-// The narrow path's records of the epoch's training rows in the epoch's order (pack_records; a
-// batch is then consecutive records), made at its first
-// train_steps and kept while the same arrays come back; null when too large to copy (the batches
-// are then gathered from X and Y directly).
+// The narrow path's records of the epoch's training rows in the epoch's order (pack_records, then
+// the epoch's swaps applied to the records themselves: a batch is then consecutive records), made
+// at its first train_steps and kept while the same arrays come back; null when too large to copy
+// (the batches are then gathered from X and Y directly).
 template <typename T>
 const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n) {
     constexpr index_t kMaxRecordBytes = index_t(64) << 20;
@@ -473,7 +473,8 @@ const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n)
         static_cast<index_t>(records_.size()) != n * width) {
         record_width_ = width;
         records_.resize(n * width);
-        pack_records(records_.data(), width, X, K, Y, yc, W, n, order_.data());
+        pack_records(records_.data(), width, X, K, Y, yc, W, n);
+        if (shuffled_) swap_records(records_.data(), width, swaps_);
         records_of_[0] = X;
         records_of_[1] = Y;
         records_of_[2] = W;
@@ -503,19 +504,30 @@ template <typename T>
 void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) {
     require(n > 0, "Cannot train on an empty dataset (0 samples).");
     require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
-    if (shuffle) {
-        shuffle_permutation(order_, n, seed, epoch);
-    } else {
-        require(n < (index_t(1) << 32), "At most 2**32 - 1 samples per fit; received " + std::to_string(n) + ".");
-        order_.resize(n);
-        for (index_t i = 0; i < n; ++i) order_[i] = static_cast<std::uint32_t>(i);
-    }
+    require(n < (index_t(1) << 32), "At most 2**32 - 1 samples per fit; received " + std::to_string(n) + ".");
+    // The swaps only: the order itself is made when a path asks for it (epoch_order); the narrow
+    // path's records take the swaps directly (epoch_records).
+    if (shuffle) shuffle_swaps(swaps_, n, seed, epoch);
+    shuffled_ = shuffle;
+    order_ready_ = false;
     epoch_n_ = n;
     batch_size_ = batch_size;
     records_fresh_ = false;  // the data is read again at the epoch's first train_steps
     sums_ = EpochSums{};
     sums_.metrics.assign(metrics_.size(), 0.0);
     sums_.steps_total = (n - 1) / batch_size + 1;
+}
+
+// The epoch's order of the rows 0..n-1 (shuffle.hpp: the swaps applied to 0..n-1).
+template <typename T>
+const std::uint32_t* Engine<T>::epoch_order() {
+    if (!order_ready_) {
+        order_.resize(epoch_n_);
+        for (index_t i = 0; i < epoch_n_; ++i) order_[i] = static_cast<std::uint32_t>(i);
+        if (shuffled_) apply_swaps(swaps_, [&](index_t i, index_t j) { std::swap(order_[i], order_[j]); });
+        order_ready_ = true;
+    }
+    return order_.data();
 }
 
 template <typename T>
@@ -530,6 +542,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
     sums_.stop = StopReason::None;
     std::vector<double> step_metrics(metrics_.size());
     const T* records = epoch_records(X, Y, W, n);
+    const std::uint32_t* order = records ? nullptr : epoch_order();
     struct Unfuse {  // the other entry points' backward leaves the weights alone
         bool& flag;
         ~Unfuse() { flag = false; }
@@ -540,7 +553,7 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
     for (index_t step = sums_.steps_done; step < end; ++step) {
         const index_t start = step * batch_size_;
         const index_t B = std::min(batch_size_, n - start);
-        const std::uint32_t* idx = order_.data() + start;
+        const std::uint32_t* idx = order ? order + start : nullptr;
         std::fill(step_metrics.begin(), step_metrics.end(), 0.0);
         // The batch's loss, as Keras reports it: the mean over its samples plus the weight
         // penalties (computed with the weights before this update), times B for the epoch's sum.
@@ -665,7 +678,7 @@ EpochSums Engine<T>::shard_gradients(const T* X, const T* Y, index_t n, index_t 
     EpochSums s;
     s.metrics.assign(metrics_.size(), 0.0);
     s.samples = hi - lo;
-    const std::uint32_t* idx = order_.data() + start + lo;
+    const std::uint32_t* idx = epoch_order() + start + lo;
     if (hi > lo) {
         if (is_sparse(loss_) ||
             std::find(metrics_.begin(), metrics_.end(), MetricKind::SparseCategoricalAccuracy) != metrics_.end())

@@ -55,6 +55,7 @@ private:
     double batch_gradients(const T* X, const T* Y, const T* W, const std::uint32_t* idx, index_t B,
                            std::vector<double>* metric_sums, const T* records = nullptr);
     const T* epoch_records(const T* X, const T* Y, const T* W, index_t n);
+    const std::uint32_t* epoch_order();
     void add_metrics(std::vector<double>& sums, const T* P, const T* Y, const T* W, index_t B, index_t L);
     double weight_total(const T* W, index_t B) const;
     void check_labels(const T* Y, index_t n) const;
@@ -119,7 +120,10 @@ private:
     DenseScratch<T> scratch_;
 
     // Epoch state.
-    std::vector<std::uint32_t> order_;
+    // The epoch's swaps (shuffle.hpp shuffle_swaps; used when shuffled_), and its order of the rows,
+    // made from them on demand (epoch_order; valid when order_ready_).
+    std::vector<std::uint32_t> swaps_, order_;
+    bool shuffled_ = false, order_ready_ = false;
     index_t epoch_n_ = 0, batch_size_ = 0;
     EpochSums sums_;
 };

@@ -77,7 +77,7 @@ public:
     virtual const char* isa() const = 0;
 
     // Whether training may take the fused kernels (narrow.hpp narrow_output_fused, lane_tree4) and
-    // the record gathers (pack_records, gather_lanes) rather than their layer-by-layer, one-by-one
+    // the record gathers (pack_records, swap_records, gather_lanes) rather than their layer-by-layer, one-by-one
     // and direct twins. Both give the same bits; off only for the tests that check that.
     void set_fused_kernels(bool on) { fused_kernels_ = on; }
 

@@ -16,7 +16,7 @@
 // Training takes three shortcuts, each with a twin that gives the same bits (Engine's
 // set_fused_kernels switches to the twins; tests/test_engine.py checks them against each other):
 // the output stage runs in one pass (narrow_output_fused), batches are gathered from the epoch's
-// rows packed as records in the epoch's order (pack_records, gather_lanes), and on AVX2 the lane sums' trees are
+// rows packed as records and put in the epoch's order (pack_records, swap_records, gather_lanes), and on AVX2 the lane sums' trees are
 // reduced four outputs at a time (lane_tree4).
 #pragma once
 
@@ -31,6 +31,7 @@
 #include "common.hpp"
 #include "dense.hpp"
 #include "losses.hpp"
+#include "shuffle.hpp"
 
 FASTMLP_ISA_BEGIN
 
@@ -445,55 +446,81 @@ double narrow_output_loss(LossKind kind, Act act, const T* P, const T* Y, index_
     return total;
 }
 
-// The training rows as records in the epoch's order, for gather_lanes: record i of R (n, RW) :=
-// [X row (K), Y row (yc), W value (when W is not null), zeros up to RW] of row order[i], RW a
-// multiple of 4. One record per sample, so that a batch's gather reads each of its samples with
-// RW / 4 vector loads; in the epoch's order, so that a batch is consecutive records.
+// The training rows as records, for gather_lanes: record i of R (n, RW) := [X row (K), Y row (yc),
+// W value (when W is not null), zeros up to RW] of row i, RW a multiple of 4. One record per
+// sample, so that a batch's gather reads each of its samples with RW / 4 vector loads; put in the
+// epoch's order by swap_records, so that a batch is consecutive records.
 // Records of 4 values with K and YC fixed (the seed's 2 + 2): each built in a vector, one store.
 template <typename T, int K, int YC, bool HW>
-void pack_records4(T* R, const T* X, const T* Y, const T* W, index_t n, const std::uint32_t* order) {
+void pack_records4(T* R, const T* X, const T* Y, const T* W, index_t n) {
     static_assert(K + YC + (HW ? 1 : 0) <= 4, "a record of 4 values");
     typedef T v4 __attribute__((vector_size(4 * sizeof(T))));
-    for (index_t i = 0; i < n; ++i) {
-        const index_t row = order[i];
+    index_t i = 0;
+    if constexpr (std::is_same_v<T, float> && K == 2 && YC == 2 && !HW) {
+        // Four rows at a time, each row's pair of floats moved as one 64-bit unit: [x | y] pairs
+        // interleaved by two unpacks and two cross-half permutes.
+        typedef double d4 __attribute__((vector_size(32)));
+        typedef std::int64_t m4 __attribute__((vector_size(32)));
+        for (; i + 4 <= n; i += 4) {
+            d4 x, y;
+            std::memcpy(&x, X + i * 2, sizeof(x));
+            std::memcpy(&y, Y + i * 2, sizeof(y));
+            const d4 lo = __builtin_shuffle(x, y, m4{0, 4, 1, 5}), hi = __builtin_shuffle(x, y, m4{2, 6, 3, 7});
+            std::memcpy(R + 4 * i, &lo, sizeof(lo));
+            std::memcpy(R + 4 * i + 8, &hi, sizeof(hi));
+        }
+    }
+    for (; i < n; ++i) {
         v4 r{};
-        for (int k = 0; k < K; ++k) r[k] = X[row * K + k];
-        for (int k = 0; k < YC; ++k) r[K + k] = Y[row * YC + k];
-        if constexpr (HW) r[K + YC] = W[row];
+        for (int k = 0; k < K; ++k) r[k] = X[i * K + k];
+        for (int k = 0; k < YC; ++k) r[K + k] = Y[i * YC + k];
+        if constexpr (HW) r[K + YC] = W[i];
         std::memcpy(R + 4 * i, &r, sizeof(r));
     }
 }
 
 template <typename T>
-void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t yc, const T* W, index_t n,
-                  const std::uint32_t* order) {
+void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t yc, const T* W, index_t n) {
     const index_t used = K + yc + (W ? 1 : 0);
     require(RW % 4 == 0 && RW >= used, "pack_records: the record width must be a multiple of 4 that holds a row.");
     if (RW == 4) {
-#define FASTMLP_RECORDS4(k, y)                                                         \
-    if (K == k && yc == y) {                                                           \
-        if (W) {                                                                       \
-            if constexpr (k + y < 4) return pack_records4<T, k, y, true>(R, X, Y, W, n, order); \
-        } else {                                                                       \
-            return pack_records4<T, k, y, false>(R, X, Y, W, n, order);                \
-        }                                                                              \
+#define FASTMLP_RECORDS4(k, y)                                                             \
+    if (K == k && yc == y) {                                                               \
+        if (W) {                                                                           \
+            if constexpr (k + y < 4) return pack_records4<T, k, y, true>(R, X, Y, W, n);   \
+        } else {                                                                           \
+            return pack_records4<T, k, y, false>(R, X, Y, W, n);                           \
+        }                                                                                  \
     }
         FASTMLP_RECORDS4(1, 1) FASTMLP_RECORDS4(1, 2) FASTMLP_RECORDS4(2, 1) FASTMLP_RECORDS4(2, 2)
         FASTMLP_RECORDS4(1, 3) FASTMLP_RECORDS4(3, 1)
 #undef FASTMLP_RECORDS4
     }
-    // Column by column, unrolled: a loop over a row's few values (or a memcpy) would cost more
-    // than the values.
-    auto column = [&](index_t k, const T* src, index_t stride) {
-        T* out = R + k;
-#pragma GCC unroll 8
-        for (index_t i = 0; i < n; ++i) out[i * RW] = src[static_cast<index_t>(order[i]) * stride];
-    };
-    for (index_t k = 0; k < K; ++k) column(k, X + k, K);
-    for (index_t k = 0; k < yc; ++k) column(K + k, Y + k, yc);
-    if (W) column(K + yc, W, 1);
-    const T zero = 0;
-    for (index_t k = used; k < RW; ++k) column(k, &zero, 0);
+    for (index_t i = 0; i < n; ++i) {
+        T* r = R + i * RW;
+        std::copy(X + i * K, X + i * K + K, r);
+        std::copy(Y + i * yc, Y + i * yc + yc, r + K);
+        if (W) r[K + yc] = W[i];
+        std::fill(r + used, r + RW, T(0));
+    }
+}
+
+// The epoch's swaps (shuffle.hpp apply_swaps) on the n records of R (n, RW): record k then holds
+// the row that is k-th in the epoch's order.
+template <typename T>
+void swap_records(T* R, index_t RW, const std::vector<std::uint32_t>& js) {
+    typedef T v4 __attribute__((vector_size(4 * sizeof(T))));
+    if (RW == 4) {
+        apply_swaps(js, [R](index_t i, index_t j) {
+            v4 a, b;
+            std::memcpy(&a, R + 4 * i, sizeof(a));
+            std::memcpy(&b, R + 4 * j, sizeof(b));
+            std::memcpy(R + 4 * i, &b, sizeof(b));
+            std::memcpy(R + 4 * j, &a, sizeof(a));
+        });
+        return;
+    }
+    apply_swaps(js, [R, RW](index_t i, index_t j) { std::swap_ranges(R + i * RW, R + i * RW + RW, R + j * RW); });
 }
 
 // A batch's B consecutive records R (B, RW) into lanes: Out (RW, L), Out[k][r] := R[r][k], the

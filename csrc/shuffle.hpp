@@ -28,32 +28,38 @@ inline std::uint64_t shuffle_stream(std::uint64_t seed, std::uint64_t epoch) {
     return mix64(seed + kGolden * (epoch + 1));
 }
 
+// The epoch's swaps: js (n,) overwritten with js[i] = j_i for 1 <= i < n (js[0] unused). The j's
+// are independent of each other, so the loop vectorizes.
+inline void shuffle_swaps(std::vector<std::uint32_t>& js, index_t n, std::uint64_t seed, std::uint64_t epoch) {
+    require(n >= 0 && n < (index_t(1) << 32),
+            "Cannot shuffle " + std::to_string(n) + " samples: expected between 0 and 2**32 - 1.");
+    js.resize(n);
+    if (n == 0) return;
+    js[0] = 0;
+    std::uint64_t z = shuffle_stream(seed, epoch) + kGolden * 2;  // stream + kGolden (i + 1), by additions
+    for (index_t i = 1; i < n; ++i, z += kGolden) {
+        const std::uint64_t u = mix64(z) >> 32;
+        js[i] = static_cast<std::uint32_t>((u * std::uint64_t(i + 1)) >> 32);
+    }
+}
+
+// The swaps applied in order, i = n-1 down to 1, to any sequence: swap(i, j) exchanges its
+// elements i and j. On 0..n-1 they give the permutation; on the rows themselves, the rows in the
+// permutation's order.
+template <typename Swap>
+inline void apply_swaps(const std::vector<std::uint32_t>& js, Swap&& swap) {
+    const std::uint32_t* j = js.data();  // (a swap through memcpy may alias the vector's members)
+    for (index_t i = static_cast<index_t>(js.size()) - 1; i > 0; --i) swap(i, static_cast<index_t>(j[i]));
+}
+
 // perm (n,) overwritten with the epoch's order of 0..n-1.
 inline void shuffle_permutation(std::vector<std::uint32_t>& perm, index_t n, std::uint64_t seed,
                                 std::uint64_t epoch) {
-    require(n >= 0 && n < (index_t(1) << 32),
-            "Cannot shuffle " + std::to_string(n) + " samples: expected between 0 and 2**32 - 1.");
+    std::vector<std::uint32_t> js;
+    shuffle_swaps(js, n, seed, epoch);
     perm.resize(n);
     for (index_t i = 0; i < n; ++i) perm[i] = static_cast<std::uint32_t>(i);
-    const std::uint64_t stream = shuffle_stream(seed, epoch);
-    // The j's of a block of i's first, in a loop of independent iterations that the compiler
-    // vectorizes; then the block's swaps, which depend on each other, in order.
-    constexpr index_t kBlock = 1024;
-    std::uint32_t js[kBlock];
-    for (index_t hi = n - 1; hi > 0; hi -= kBlock) {
-        const index_t lo = std::max<index_t>(1, hi - kBlock + 1);
-        std::uint64_t z = stream + kGolden * std::uint64_t(lo + 1);  // stream + kGolden (i + 1), by additions
-        for (index_t i = lo; i <= hi; ++i, z += kGolden) {
-            const std::uint64_t u = mix64(z) >> 32;
-            js[i - lo] = static_cast<std::uint32_t>((u * std::uint64_t(i + 1)) >> 32);
-        }
-        for (index_t i = hi; i >= lo; --i) {
-            const index_t j = js[i - lo];
-            const std::uint32_t t = perm[i];
-            perm[i] = perm[j];
-            perm[j] = t;
-        }
-    }
+    apply_swaps(js, [&](index_t i, index_t j) { std::swap(perm[i], perm[j]); });
 }
 
 FASTMLP_ISA_END
