@@ -1,8 +1,9 @@
 // Seeded, counter-based shuffling of sample indices.
 //
 // Fisher-Yates (Durstenfeld) with counter-based randomness: for i = n-1 down to 1, swap positions
-// i and j = floor(u_i * (i + 1) / 2^32), where u_i = splitmix64_i(stream(seed, epoch)) >> 32 is the
-// i-th output of a SplitMix64 sequence, a pure function of (seed, epoch, i). The same seed gives
+// i and j = floor(u_i * (i + 1) / 2^32), where u_i is a 32-bit half of w_k = splitmix64_k(stream(seed,
+// epoch)), the k-th output of a SplitMix64 sequence, k = floor(i / 2): the low half for even i,
+// the high half for odd i. Each draw is a pure function of (seed, epoch, i); the same seed gives
 // the same order on every machine and thread count. j uses Lemire's multiply-shift without
 // rejection: its bias is below (i + 1) / 2^32, far below anything training can notice. The NumPy
 // reference (fastmlp.reference.kernels.permutation) computes the same permutation.
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "common.hpp"
@@ -28,19 +30,30 @@ inline std::uint64_t shuffle_stream(std::uint64_t seed, std::uint64_t epoch) {
     return mix64(seed + kGolden * (epoch + 1));
 }
 
-// The epoch's swaps: js (n,) overwritten with js[i] = j_i for 1 <= i < n (js[0] unused). The j's
-// are independent of each other, so the loop vectorizes.
+// The epoch's swaps: js (n,) overwritten with js[i] = j_i for 1 <= i < n (js[0] unused). Two
+// independent loops that vectorize: the 64-bit outputs w_k into js's storage (one for two i's),
+// then each i's multiply-shift in place.
 inline void shuffle_swaps(std::vector<std::uint32_t>& js, index_t n, std::uint64_t seed, std::uint64_t epoch) {
     require(n >= 0 && n < (index_t(1) << 32),
             "Cannot shuffle " + std::to_string(n) + " samples: expected between 0 and 2**32 - 1.");
-    js.resize(n);
-    if (n == 0) return;
-    js[0] = 0;
-    std::uint64_t z = shuffle_stream(seed, epoch) + kGolden * 2;  // stream + kGolden (i + 1), by additions
-    for (index_t i = 1; i < n; ++i, z += kGolden) {
-        const std::uint64_t u = mix64(z) >> 32;
-        js[i] = static_cast<std::uint32_t>((u * std::uint64_t(i + 1)) >> 32);
+    const index_t words = (n + 1) / 2;
+    js.resize(2 * words);
+    std::uint32_t* u = js.data();
+    std::uint64_t z = shuffle_stream(seed, epoch) + kGolden;  // stream + kGolden (k + 1), by additions
+    for (index_t k = 0; k < words; ++k, z += kGolden) {
+        const std::uint64_t w = mix64(z);
+        if constexpr (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__) {
+            std::memcpy(u + 2 * k, &w, sizeof(w));  // [low, high]: u_2k, u_2k+1
+        } else {
+            u[2 * k] = static_cast<std::uint32_t>(w);
+            u[2 * k + 1] = static_cast<std::uint32_t>(w >> 32);
+        }
     }
+    // (i + 1 < 2^32 as a 32-bit count, so that the products are 32 x 32 bits)
+    std::uint32_t count = 2;
+    for (index_t i = 1; i < n; ++i, ++count)
+        u[i] = static_cast<std::uint32_t>((std::uint64_t(u[i]) * std::uint64_t(count)) >> 32);
+    js.resize(n);
 }
 
 // The swaps applied in order, i = n-1 down to 1, to any sequence: swap(i, j) exchanges its
