@@ -162,16 +162,24 @@ inline void lane_dots(T* out, const T* x, const T* Y, index_t L, bool side_by_si
     constexpr index_t W = Simd<T>::width;
     constexpr index_t NA = kLaneBlock / W;
     vec acc[G][NA] = {};
-    for (index_t b = 0; b < L; b += kLaneBlock)
-        for (index_t v = 0; v < NA; ++v) {
-            vec xv{};
-            if (x) std::memcpy(&xv, x + b + v * W, sizeof(vec));
-            for (int g = 0; g < G; ++g) {
-                vec yv;
-                std::memcpy(&yv, Y + g * L + b + v * W, sizeof(vec));
-                acc[g][v] = x ? mul_add(xv, yv, acc[g][v]) : acc[g][v] + yv;
+    // The loop twice, with and without x, so that neither tests x.
+    auto sums = [&](auto with_x) {
+        for (index_t b = 0; b < L; b += kLaneBlock)
+            for (index_t v = 0; v < NA; ++v) {
+                vec xv{};
+                if constexpr (decltype(with_x)::value) std::memcpy(&xv, x + b + v * W, sizeof(vec));
+                for (int g = 0; g < G; ++g) {
+                    vec yv;
+                    std::memcpy(&yv, Y + g * L + b + v * W, sizeof(vec));
+                    acc[g][v] = decltype(with_x)::value ? mul_add(xv, yv, acc[g][v]) : acc[g][v] + yv;
+                }
             }
-        }
+    };
+    if (x) {
+        sums(std::true_type{});
+    } else {
+        sums(std::false_type{});
+    }
 #if FASTMLP_VEC_BYTES == 32
     if constexpr (std::is_same_v<T, float> && G <= 4) if (side_by_side) {
         __m256 h[4];
