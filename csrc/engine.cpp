@@ -71,7 +71,7 @@ const char* Engine<T>::isa() const {
 
 template <typename T>
 void Engine<T>::ensure_batch(index_t B) {
-    if (narrow_) B = round_up(B, kLaneBlock);
+    if (narrow_) B = narrow_lanes<T>(B);
     if (B <= cap_) return;
     index_t widest = layers_[0].in;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -419,7 +419,7 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std:
                                   std::vector<double>* metric_sums, const T* records) {
     const index_t K = layers_[0].in, yc = target_cols();
     if (records) {  // only the narrow path has them: the batch's B records, in order
-        const index_t L = round_up(B, kLaneBlock);
+        const index_t L = narrow_lanes<T>(B);
         gather_lanes(lanes_.data(), records, record_width_, B, L);
         bx_ = lanes_.data();
         by_ = bx_ + K * L;
@@ -427,7 +427,7 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std:
         return forward_backward_narrow(B, L, bw_, metric_sums);
     }
     if (narrow_) {
-        const index_t L = round_up(B, kLaneBlock);
+        const index_t L = narrow_lanes<T>(B);
         for (index_t k = 0; k < K; ++k) {
             T* xr = xb_.data() + k * L;
             for (index_t r = 0; r < B; ++r) xr[r] = X[static_cast<index_t>(idx[r]) * K + k];
@@ -480,7 +480,7 @@ const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n)
         records_of_[2] = W;
         records_fresh_ = true;
     }
-    const index_t L = round_up(std::min(batch_size_, n), kLaneBlock);
+    const index_t L = narrow_lanes<T>(std::min(batch_size_, n));
     if (static_cast<index_t>(lanes_.size()) < width * L) lanes_.resize(width * L);
     return records_.data();
 }

@@ -2,8 +2,8 @@
 //
 // When every layer is a handful of units wide, row-major (B, N) blocks make every loop a few
 // elements long and the time goes to loop overhead. Here the batch is the vector dimension:
-// a block is (F, L), feature-major, one row per feature, L = the batch rounded up to kLaneBlock
-// lanes. Every loop then runs over L lanes and vectorizes whatever the layer widths.
+// a block is (F, L), feature-major, one row per feature, L = the batch rounded up to the vector
+// width (narrow_lanes). Every loop then runs over L lanes and vectorizes whatever the layer widths.
 //
 // Padding lanes (>= the batch size B) hold zero inputs and zero gradients, so they add nothing to
 // any sum. Every forward value, loss term, metric and input gradient is computed with exactly the
@@ -35,8 +35,16 @@
 
 FASTMLP_ISA_BEGIN
 
-// Lanes are padded to a multiple of this: 16 floats are 4 SSE, 2 AVX2 or 1 AVX-512 vector.
+// The lane sums' block: 16 partial sums (lane_dots), 16 floats being 4 SSE, 2 AVX2 or 1 AVX-512
+// vector.
 constexpr index_t kLaneBlock = 16;
+
+// The lanes of a batch of B: B rounded up to the vector width (no more padding lanes than one
+// vector's, which every per-lane loop would compute for nothing).
+template <typename T>
+inline index_t narrow_lanes(index_t B) {
+    return round_up(B, Simd<T>::width);
+}
 
 template <typename T>
 using LaneVec = typename Simd<T>::vec;
@@ -151,10 +159,13 @@ inline void lane_tree4(float* out, __m256 s0, __m256 s1, __m256 s2, __m256 s3) {
 #endif
 
 // out[g] := sum over lanes l < L of x[l] * Y[g][l] (x null: of Y[g][l]) for g < G, Y (G, L) with
-// row stride L, L a multiple of kLaneBlock (16). Order, the same for every vector width: 16
-// partial sums p[i] over lanes l = i (mod 16) in ascending blocks (mul_add chains when x is
-// given), then lane_tree. G rows at a time share the loads of x. side_by_side: on AVX2, the G
-// trees reduced together (lane_tree4); false takes lane_tree, for the tests.
+// row stride L, L a multiple of the vector width. Order, the same for every vector width: 16
+// partial sums p[i] over lanes l = i (mod 16) in ascending blocks of 16 (mul_add chains when x is
+// given), then lane_tree. The last block may end at L, short of 16 lanes: the lanes it lacks are
+// those a wider vector pads with zero gradients, whose terms (+-0) leave a partial sum as it is
+// (a sum that starts at +0 is never -0), so every width gives the same bits. G rows at a time
+// share the loads of x. side_by_side: on AVX2, the G trees reduced together (lane_tree4); false
+// takes lane_tree, for the tests.
 template <int G, typename T>
 inline void lane_dots(T* out, const T* x, const T* Y, index_t L, bool side_by_side = true) {
     (void)side_by_side;  // only the AVX2 variant has lane_tree4
@@ -164,16 +175,20 @@ inline void lane_dots(T* out, const T* x, const T* Y, index_t L, bool side_by_si
     vec acc[G][NA] = {};
     // The loop twice, with and without x, so that neither tests x.
     auto sums = [&](auto with_x) {
-        for (index_t b = 0; b < L; b += kLaneBlock)
-            for (index_t v = 0; v < NA; ++v) {
-                vec xv{};
-                if constexpr (decltype(with_x)::value) std::memcpy(&xv, x + b + v * W, sizeof(vec));
-                for (int g = 0; g < G; ++g) {
-                    vec yv;
-                    std::memcpy(&yv, Y + g * L + b + v * W, sizeof(vec));
-                    acc[g][v] = decltype(with_x)::value ? mul_add(xv, yv, acc[g][v]) : acc[g][v] + yv;
-                }
+        auto add = [&](index_t b, index_t v) {
+            vec xv{};
+            if constexpr (decltype(with_x)::value) std::memcpy(&xv, x + b + v * W, sizeof(vec));
+            for (int g = 0; g < G; ++g) {
+                vec yv;
+                std::memcpy(&yv, Y + g * L + b + v * W, sizeof(vec));
+                acc[g][v] = decltype(with_x)::value ? mul_add(xv, yv, acc[g][v]) : acc[g][v] + yv;
             }
+        };
+        const index_t whole = L / kLaneBlock * kLaneBlock;
+        for (index_t b = 0; b < whole; b += kLaneBlock)
+            for (index_t v = 0; v < NA; ++v) add(b, v);
+        for (index_t v = 0; v < NA; ++v)  // the short last block
+            if (whole + v * W < L) add(whole, v);
     };
     if (x) {
         sums(std::true_type{});

@@ -62,6 +62,7 @@ inline void shuffle_swaps(std::vector<std::uint32_t>& js, index_t n, std::uint64
 template <typename Swap>
 inline void apply_swaps(const std::vector<std::uint32_t>& js, Swap&& swap) {
     const std::uint32_t* j = js.data();  // (a swap through memcpy may alias the vector's members)
+#pragma GCC unroll 4
     for (index_t i = static_cast<index_t>(js.size()) - 1; i > 0; --i) swap(i, static_cast<index_t>(j[i]));
 }
 
