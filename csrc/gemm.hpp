@@ -326,13 +326,13 @@ inline void sgd_rows(const GemmArgs<T>& g, index_t m0, index_t m1) {
 }
 
 // Microkernel: the (kMR, NR) tile C := (accumulate ? C : 0) + Ap Bp, one mul_add chain per element
-// over p ascending, then + bias (NR entries) when bias is not null. Ap: (kc, kMR) and Bp: (kc, NR)
-// packed micro-panels. C has row stride ldc and all kMR x NR entries are read/written.
+// over p ascending, then + bias (NR entries) when bias is not null, then relu when set. Ap: (kc,
+// kMR) and Bp: (kc, NR) packed micro-panels. C has row stride ldc and all kMR x NR entries are read/written.
 // Unpacked A (gemm_skinny): row r, column p of the tile's A at Ap[r * ars + p], ars given.
 template <typename T, bool kPackedA = true>
 inline void micro_kernel(index_t kc, const T* __restrict Ap, const T* __restrict Bp, T* C, index_t ldc,
                          bool accumulate, const T* bias, index_t ars = 0, const SgdStore<T>* sgd = nullptr,
-                         index_t sgd_off = 0) {
+                         index_t sgd_off = 0, bool relu = false) {
     using vec = typename Simd<T>::vec;
     constexpr index_t W = Simd<T>::width;
     vec acc[kMR][kNV];
@@ -359,6 +359,9 @@ inline void micro_kernel(index_t kc, const T* __restrict Ap, const T* __restrict
             for (int r = 0; r < kMR; ++r) acc[r][v] += bv;
         }
     }
+    if (relu)  // relu's max(., 0) on the final values (act_value's a > 0 ? a : 0)
+        for (int r = 0; r < kMR; ++r)
+            for (int v = 0; v < kNV; ++v) acc[r][v] = max_sel(acc[r][v], vec{});
     if (sgd) {  // the tile's values are final: the weights' update instead of a store
         sgd_tile(acc, *sgd, sgd_off);
         return;
@@ -426,24 +429,25 @@ void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_
                     const index_t cols = std::min(NR, nc - jr);
                     const index_t rows = std::min<index_t>(kMR, mc - ir);
                     const T* bias = last && g.bias ? g.bias + jc + jr : nullptr;
+                    const bool relu = last && g.act == Act::Relu;  // in registers, before the store
                     T* c = g.C + (ic + ir) * g.ldc + jc + jr;
                     const index_t sgd_off = sgd ? (ic + ir) * sgd->ld + jc + jr : 0;
                     if (!sgd && ir + kMR < mc)  // the next tile's rows of C, while this one computes
                         for (int r = 0; r < kMR; ++r) __builtin_prefetch(c + (kMR + r) * g.ldc, 1);
                     if (rows == kMR && cols == NR) {
-                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, c, g.ldc, !first, bias, 0, sgd, sgd_off);
+                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, c, g.ldc, !first, bias, 0, sgd, sgd_off, relu);
                     } else {  // an edge tile goes through a full-size tile on the stack
                         T t[kMR * NR] = {};
                         if (!first)
                             for (index_t r = 0; r < rows; ++r) std::copy(c + r * g.ldc, c + r * g.ldc + cols, t + r * NR);
-                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, t, NR, !first, bias);
+                        micro_kernel<T>(kc, Ap + ir * kc, Bp + jr * kc, t, NR, !first, bias, 0, nullptr, 0, relu);
                         if (sgd) {
                             for (index_t r = 0; r < rows; ++r) sgd_row(*sgd, sgd_off + r * sgd->ld, t + r * NR, cols);
                         } else {
                             for (index_t r = 0; r < rows; ++r) std::copy(t + r * NR, t + r * NR + cols, c + r * g.ldc);
                         }
                     }
-                    if (last && g.act != Act::Linear)
+                    if (last && g.act != Act::Linear && !relu)
                         for (index_t r = 0; r < rows; ++r) act_forward_row(g.act, c + r * g.ldc, cols);
                 };
                 if (!sgd) {  // BLIS's order: each B micro-panel stays in L1 while A's stream past it
