@@ -81,13 +81,16 @@ inline void with_group(index_t g, F&& f) {
 // The register-blocked feature-major product, G output rows at a time:
 //   O[r] (L,) := fin_r( chain over p < P of mul_add(In[p] (L,), C[p][r], .) from 0 ),  r < G,
 // with In (P, L) row-major, C[p][r] = coef[p * cs + r * rs] broadcast once, and fin_r the
-// epilogue: + bias[r] (bias not null), then relu's max(., 0) when relu is set, then, when mask is
-// not null, relu's derivative through mask (the previous layer's output: O := mask > 0 ? O : 0).
+// epilogue: + bias[r] (bias not null), then relu's max(., 0) when relu is set; or, when mask is
+// not null (then without bias and relu), relu's derivative through mask (the previous layer's
+// output: O := mask > 0 ? O : 0).
 // Every element is the chain of dense_forward_naive and the GEMM (mul_add from 0 over p ascending,
 // then + bias, then the activation), so the same bits.
-template <int G, typename T>
-inline void lanes_product(T* O, index_t ors, const T* In, const T* coef, index_t cs, index_t rs, index_t P,
-                          index_t L, const T* bias, bool relu, const T* mask) {
+// The epilogue's three choices are template parameters (kBias, kRelu, kMask), so that the lane
+// loop tests none of them; lanes_product picks the instance.
+template <int G, bool kBias, bool kRelu, bool kMask, typename T>
+inline void lanes_product_fixed(T* O, index_t ors, const T* In, const T* coef, index_t cs, index_t rs, index_t P,
+                                index_t L, const T* bias, const T* mask) {
     using vec = LaneVec<T>;
     constexpr index_t W = Simd<T>::width;
     constexpr index_t kMaxP = 16;  // the narrow path's widest layer (Engine::kNarrowWidth)
@@ -96,7 +99,7 @@ inline void lanes_product(T* O, index_t ors, const T* In, const T* coef, index_t
     for (index_t p = 0; p < P; ++p)
         for (int r = 0; r < G; ++r) cv[p * G + r] = splat(coef[p * cs + r * rs]);
     vec bv[G];
-    for (int r = 0; r < G; ++r) bv[r] = bias ? splat(bias[r]) : vec{};
+    for (int r = 0; r < G; ++r) bv[r] = kBias ? splat(bias[r]) : vec{};
     // The broadcast coefficients are read from memory by the multiply-adds (one instruction each):
     // hiding the array behind an opaque pointer stops GCC from unrolling P and copying it to registers.
     const vec* c = cv;
@@ -112,12 +115,25 @@ inline void lanes_product(T* O, index_t ors, const T* In, const T* coef, index_t
         }
         for (int r = 0; r < G; ++r) {
             vec o = acc[r];
-            if (bias) o = o + bv[r];
-            if (relu) o = max_sel(o, zero);  // o > 0 ? o : 0
-            if (mask) o = load_lanes(mask + r * L + l) > T(0) ? o : T(0);
+            if constexpr (kBias) o = o + bv[r];
+            if constexpr (kRelu) o = max_sel(o, zero);  // o > 0 ? o : 0
+            if constexpr (kMask) o = load_lanes(mask + r * L + l) > T(0) ? o : T(0);
             store_lanes(O + r * ors + l, o);
         }
     }
+}
+
+template <int G, typename T>
+inline void lanes_product(T* O, index_t ors, const T* In, const T* coef, index_t cs, index_t rs, index_t P,
+                          index_t L, const T* bias, bool relu, const T* mask) {
+    if (mask) {  // the backward's dX: a mask, no bias and no relu
+        require(!bias && !relu, "lanes_product: a mask goes without bias and relu.");
+        return lanes_product_fixed<G, false, false, true>(O, ors, In, coef, cs, rs, P, L, bias, mask);
+    }
+    if (bias && relu) return lanes_product_fixed<G, true, true, false>(O, ors, In, coef, cs, rs, P, L, bias, mask);
+    if (bias) return lanes_product_fixed<G, true, false, false>(O, ors, In, coef, cs, rs, P, L, bias, mask);
+    if (relu) return lanes_product_fixed<G, false, true, false>(O, ors, In, coef, cs, rs, P, L, bias, mask);
+    lanes_product_fixed<G, false, false, false>(O, ors, In, coef, cs, rs, P, L, bias, mask);
 }
 
 // The fixed tree over kLaneBlock partial sums held in kLaneBlock / width vectors: on vectors of
@@ -558,6 +574,24 @@ void gather_records(T* Out, const T* R, index_t RW_, index_t B, index_t L) {
     typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> I;
     typedef I m4 __attribute__((vector_size(4 * sizeof(T))));
     index_t r = 0;
+#if FASTMLP_VEC_BYTES == 32
+    if constexpr (std::is_same_v<T, float> && RWc == 4) {
+        // Eight records at a time on AVX2: records r and r + 4 in the two halves of one vector,
+        // then the in-half 4 x 4 transpose gives each column's eight values in order.
+        for (; r + 8 <= B; r += 8) {
+            const float* p = R + r * 4;
+            auto pair = [p](int i) { return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p + 4 * i)),
+                                                                 _mm_loadu_ps(p + 4 * i + 16), 1); };
+            const __m256 a = pair(0), b = pair(1), c = pair(2), d = pair(3);
+            const __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
+            const __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
+            _mm256_storeu_ps(Out + r, _mm256_shuffle_ps(t0, t2, 0x44));
+            _mm256_storeu_ps(Out + L + r, _mm256_shuffle_ps(t0, t2, 0xEE));
+            _mm256_storeu_ps(Out + 2 * L + r, _mm256_shuffle_ps(t1, t3, 0x44));
+            _mm256_storeu_ps(Out + 3 * L + r, _mm256_shuffle_ps(t1, t3, 0xEE));
+        }
+    }
+#endif
     for (; r + 4 <= B; r += 4) {
         const T* a = record(r);
         const T* b = record(r + 1);
