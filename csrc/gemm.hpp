@@ -49,13 +49,7 @@ inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
 
 // a*b + c lane by lane: fused (one rounding) where the variant has FMA.
 inline Simd<float>::vec mul_add(Simd<float>::vec a, Simd<float>::vec b, Simd<float>::vec c) {
-#if FASTMLP_VEC_BYTES == 64
-    return (Simd<float>::vec)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif FASTMLP_VEC_BYTES == 32
-    return (Simd<float>::vec)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#else
-    return a * b + c;
-#endif
+    return madd(a, b, c);  // mathfun.hpp: the same fused multiply-add (or multiply then add)
 }
 inline Simd<double>::vec mul_add(Simd<double>::vec a, Simd<double>::vec b, Simd<double>::vec c) {
 #if FASTMLP_VEC_BYTES == 64

@@ -16,8 +16,8 @@
 // Training takes three shortcuts, each with a twin that gives the same bits (Engine's
 // set_fused_kernels switches to the twins; tests/test_engine.py checks them against each other):
 // the output stage runs in one pass (narrow_output_fused), batches are gathered from the epoch's
-// rows packed as records and put in the epoch's order (pack_records, swap_records, gather_lanes), and on AVX2 the lane sums' trees are
-// reduced four outputs at a time (lane_tree4).
+// rows packed as records and put in the epoch's order (pack_records, swap_records, gather_lanes),
+// and on AVX2 the lane sums' trees are reduced four outputs at a time (lane_tree4).
 #pragma once
 
 #include <algorithm>
@@ -535,13 +535,18 @@ void pack_records(T* R, index_t RW, const T* X, index_t K, const T* Y, index_t y
         FASTMLP_RECORDS4(1, 3) FASTMLP_RECORDS4(3, 1)
 #undef FASTMLP_RECORDS4
     }
-    for (index_t i = 0; i < n; ++i) {
-        T* r = R + i * RW;
-        std::copy(X + i * K, X + i * K + K, r);
-        std::copy(Y + i * yc, Y + i * yc + yc, r + K);
-        if (W) r[K + yc] = W[i];
-        std::fill(r + used, r + RW, T(0));
-    }
+    // Column by column, unrolled: a loop over a row's few values (or a memcpy) would cost more
+    // than the values.
+    auto column = [&](index_t k, const T* src, index_t stride) {
+        T* out = R + k;
+#pragma GCC unroll 8
+        for (index_t i = 0; i < n; ++i) out[i * RW] = src[i * stride];
+    };
+    for (index_t k = 0; k < K; ++k) column(k, X + k, K);
+    for (index_t k = 0; k < yc; ++k) column(K + k, Y + k, yc);
+    if (W) column(K + yc, W, 1);
+    const T zero = 0;
+    for (index_t k = used; k < RW; ++k) column(k, &zero, 0);
 }
 
 // The epoch's swaps (shuffle.hpp apply_swaps) on the n records of R (n, RW): record k then holds
