@@ -38,6 +38,11 @@ Engine<T>::Engine(std::vector<LayerSpec> layers, LossKind loss, std::vector<Metr
     // Batch normalization runs on the row-major kernels only.
     narrow_ = widest <= kNarrowWidth && !this->has_batchnorm();
     fuse_output_ = narrow_ && narrow_output_fusable(loss, layers_.back().act);
+    bool net3 = fuse_output_ && layers_.size() == 3 && loss == LossKind::BinaryCrossentropy;
+    for (std::size_t l = 0; l < layers_.size() && net3; ++l)
+        net3 = layers_[l].use_bias && layers_[l].dropout == 0 && (l == 2 || layers_[l].act == Act::Relu);
+    if (net3)
+        net3_ = narrow_net3_kernel<T>(layers_[0].in, layers_[0].out, layers_[1].out, layers_[2].out, layers_[2].act);
     for (const LayerSpec& s : layers_)
         for (const double c : {s.kernel_l1, s.kernel_l2, s.bias_l1, s.bias_l2, s.bn_in.gamma_l1, s.bn_in.gamma_l2,
                                s.bn_in.beta_l1, s.bn_in.beta_l2, s.bn_out.gamma_l1, s.bn_out.gamma_l2,
@@ -350,6 +355,26 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
 template <typename T>
 double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums) {
     const bool fuse_output = fuse_output_ && this->fused_kernels_;
+    if (net3_ && fuse_output && !W) {
+        const T* targets = loss_targets(by_, target_cols() * L);
+        if (all_binary(targets, layers_.back().out * L)) {
+            const T* Wt[3];
+            const T* bt[3];
+            T* dWt[3];
+            T* dbt[3];
+            for (int l = 0; l < 3; ++l) {
+                Wt[l] = params_.data() + w_off_[l];
+                bt[l] = params_.data() + b_off_[l];
+                dWt[l] = grads_.data() + w_off_[l];
+                dbt[l] = grads_.data() + b_off_[l];
+            }
+            T* P = acts_.back().data();
+            const double loss = net3_(bx_, targets, B, L, T(1) / T(B), Wt, bt, dWt, dbt, acts_[0].data(), acts_[1].data(), P,
+                                     delta_a_.data(), lane_tmp_.data());
+            if (metric_sums) add_metrics(*metric_sums, P, by_, W, B, L);
+            return loss;
+        }
+    }
     const T* in = bx_;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerSpec& s = layers_[l];

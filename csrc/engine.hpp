@@ -9,6 +9,7 @@
 #include "common.hpp"
 #include "dense.hpp"
 #include "engine_api.hpp"
+#include "narrow.hpp"
 
 FASTMLP_ISA_BEGIN
 
@@ -78,6 +79,9 @@ private:
     static constexpr index_t kNarrowWidth = 16;  // the widest layer (or input) the narrow path takes
     bool narrow_ = false;
     bool fuse_output_ = false;  // narrow_ and the output stage runs fused (narrow_output_fused)
+    // A seed-shaped network's whole step in one kernel (narrow.hpp narrow_net3_fused), or null;
+    // taken with the fused kernels, without sample weights, on 0/1 targets.
+    Net3Kernel<T> net3_ = nullptr;
     bool penalized_ = false;  // some layer has a kernel, bias, gamma or beta regularizer
     // The optimizer step may run inside the backward, each layer's weights updated as their
     // gradient is made (dense_backward's DenseSgd): plain SGD (any momentum), no weight decay,

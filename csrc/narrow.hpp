@@ -13,11 +13,13 @@
 // partial sums (lanes_total); both are deterministic and the same for every vector width and
 // thread count, but not the row-major kernels' order.
 //
-// Training takes three shortcuts, each with a twin that gives the same bits (Engine's
+// Training takes four shortcuts, each with a twin that gives the same bits (Engine's
 // set_fused_kernels switches to the twins; tests/test_engine.py checks them against each other):
 // the output stage runs in one pass (narrow_output_fused), batches are gathered from the epoch's
 // rows packed as records and put in the epoch's order (pack_records, swap_records, gather_lanes),
-// and on AVX2 the lane sums' trees are reduced four outputs at a time (lane_tree4).
+// on AVX2 the lane sums' trees are reduced four outputs at a time (lane_tree4), and networks of
+// the seed's shape run their whole step in one kernel with every width fixed at compile time
+// (narrow_net3_fused).
 #pragma once
 
 #include <algorithm>
@@ -25,6 +27,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "activations.hpp"
@@ -76,6 +79,16 @@ inline void with_group(index_t g, F&& f) {
         case 7: f(std::integral_constant<int, 7>{}); break;
         default: f(std::integral_constant<int, 8>{}); break;
     }
+}
+
+// f(std::integral_constant<int, i>{}) for i = 0 .. N-1 in order.
+template <typename F, int... I>
+inline void static_for_impl(F& f, std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+inline void static_for(F&& f) {
+    static_for_impl(f, std::make_integer_sequence<int, N>{});
 }
 
 // The register-blocked feature-major product, G output rows at a time:
@@ -680,18 +693,89 @@ struct FixedOutputCase {
     static constexpr bool binary = Binary, onehot = false, weighted = false;
 };
 
+// One lane vector of the output stage: p (C) holds the outputs (the logits when act is Softmax)
+// and becomes the probabilities, y (C) the targets; d (C) := the logit gradient (weighted by wv
+// when w is not null), *s_l := the loss terms. The padding lanes are the caller's.
+template <int C, typename Case, typename V, typename T = lane_t<V>>
+__attribute__((always_inline)) inline void output_lane_vector(const Case& cs, V (&p)[C], const V (&y)[C], V (&d)[C],
+                                                              T* s_l, T scale, const T* w_l) {
+    const LossKind kind = cs.kind;
+    const Act act = cs.act;
+    const bool binary = cs.binary, onehot = cs.onehot;
+    const bool bce = kind == LossKind::BinaryCrossentropy, cce = kind == LossKind::CategoricalCrossentropy;
+    const bool sparse = kind == LossKind::SparseCategoricalCrossentropy;
+    const T sign = bce ? T(-1) : T(1);
+    const T sc = kind == LossKind::MeanSquaredError ? scale * T(2) / T(C) : scale / T(C);
+    if (act == Act::Softmax) {
+        V m = splat(-std::numeric_limits<T>::infinity());
+        for (int c = 0; c < C; ++c) m = max_sel(p[c], m);  // std::max(m, a): m < a ? a : m
+        if constexpr (C == 2) {
+            // One of a - m is 0 in every lane, whose exp is exactly 1: one exp for the other
+            // (NaN lanes stay NaN).
+            const V x0 = p[0] - m, x1 = p[1] - m;
+            const V e = vexp(x0 == T(0) ? x1 : x0);
+            p[0] = x0 == T(0) ? T(1) : e;
+            p[1] = x1 == T(0) ? T(1) : e;
+        } else {
+            for (int c = 0; c < C; ++c) p[c] = vexp(p[c] - m);
+        }
+        V sum{};
+        for (int c = 0; c < C; ++c) sum = sum + p[c];
+        const V inv = T(1) / sum;
+        for (int c = 0; c < C; ++c) p[c] = p[c] * inv;
+    }
+    V acc{};
+    if (sparse || onehot) {
+        V u{}, q = p[0];
+        for (int c = 0; c < C; ++c) u = u + p[c];
+        for (int c = 1; c < C; ++c) q = y[c] == T(1) ? p[c] : q;
+        store_lanes(s_l, -vlog(clip_prob(q / u)));
+    } else if (cce) {
+        V u{};
+        for (int c = 0; c < C; ++c) u = u + p[c];
+        for (int c = 0; c < C; ++c) acc = acc + y[c] * vlog(clip_prob(p[c] / u));
+        store_lanes(s_l, -acc);
+    } else if (binary) {
+        for (int c = 0; c < C; ++c) acc = acc + bce_term_binary(p[c], y[c]);
+        store_lanes(s_l, sign * acc / T(C));
+    } else {
+        for (int c = 0; c < C; ++c) acc = acc + (bce ? bce_term(p[c], y[c]) : (p[c] - y[c]) * (p[c] - y[c]));
+        store_lanes(s_l, sign * acc / T(C));
+    }
+    if (sparse) {
+        for (int c = 0; c < C; ++c) d[c] = scale * (p[c] - y[c]);
+    } else if (act == Act::Softmax && cce) {
+        V u{};
+        for (int c = 0; c < C; ++c) u = u + y[c];
+        for (int c = 0; c < C; ++c) d[c] = scale * (p[c] * u - y[c]);
+    } else if (act == Act::Sigmoid && bce) {
+        for (int c = 0; c < C; ++c) d[c] = sc * (p[c] - y[c]);
+    } else {
+        if (binary) {
+            for (int c = 0; c < C; ++c) d[c] = bce_grad_binary(p[c], y[c], sc);
+        } else {
+            for (int c = 0; c < C; ++c) d[c] = bce ? bce_grad(p[c], y[c], sc) : sc * (p[c] - y[c]);
+        }
+        if (act == Act::Softmax) {
+            V t{};
+            for (int c = 0; c < C; ++c) t = t + d[c] * p[c];
+            for (int c = 0; c < C; ++c) d[c] = p[c] * (d[c] - t);
+        } else if (act == Act::Sigmoid) {
+            for (int c = 0; c < C; ++c) d[c] = d[c] * (p[c] * (T(1) - p[c]));
+        }
+    }
+    if (cs.weighted && w_l) {
+        const V wv = load_lanes(w_l);
+        for (int c = 0; c < C; ++c) d[c] = d[c] * wv;
+    }
+}
+
 template <int C, typename Case, typename T>
 void narrow_output_lanes(const Case& cs, T* A, const T* Y, index_t B, index_t L, T scale, T* dZ, T* s, const T* w) {
     using vec = LaneVec<T>;
     constexpr index_t VW = Simd<T>::width;
-    const LossKind kind = cs.kind;
-    const Act act = cs.act;
-    const bool binary = cs.binary, onehot = cs.onehot;
     if (!cs.weighted) w = nullptr;
-    const bool bce = kind == LossKind::BinaryCrossentropy, cce = kind == LossKind::CategoricalCrossentropy;
-    const bool sparse = kind == LossKind::SparseCategoricalCrossentropy;  // Y (1, L): class ids
-    const T sign = bce ? T(-1) : T(1);
-    const T sc = kind == LossKind::MeanSquaredError ? scale * T(2) / T(C) : scale / T(C);
+    const bool sparse = cs.kind == LossKind::SparseCategoricalCrossentropy;  // Y (1, L): class ids
     for (index_t l = 0; l < L; l += VW) {
         vec p[C], y[C], d[C];
         for (int c = 0; c < C; ++c) p[c] = load_lanes(A + c * L + l);
@@ -701,71 +785,9 @@ void narrow_output_lanes(const Case& cs, T* A, const T* Y, index_t B, index_t L,
         } else {
             for (int c = 0; c < C; ++c) y[c] = load_lanes(Y + c * L + l);
         }
-        if (act == Act::Softmax) {
-            vec m = splat(-std::numeric_limits<T>::infinity());
-            for (int c = 0; c < C; ++c) m = max_sel(p[c], m);  // std::max(m, a): m < a ? a : m
-            if constexpr (C == 2) {
-                // One of a - m is 0 in every lane, whose exp is exactly 1: one exp for the other
-                // (NaN lanes stay NaN).
-                const vec x0 = p[0] - m, x1 = p[1] - m;
-                const vec e = vexp(x0 == T(0) ? x1 : x0);
-                p[0] = x0 == T(0) ? T(1) : e;
-                p[1] = x1 == T(0) ? T(1) : e;
-            } else {
-                for (int c = 0; c < C; ++c) p[c] = vexp(p[c] - m);
-            }
-            vec sum{};
-            for (int c = 0; c < C; ++c) sum = sum + p[c];
-            const vec inv = T(1) / sum;
-            for (int c = 0; c < C; ++c) {
-                p[c] = p[c] * inv;
-                store_lanes(A + c * L + l, p[c]);
-            }
-        }
-        vec acc{};
-        if (sparse || onehot) {
-            vec u{}, q = p[0];
-            for (int c = 0; c < C; ++c) u = u + p[c];
-            for (int c = 1; c < C; ++c) q = y[c] == T(1) ? p[c] : q;
-            store_lanes(s + l, -vlog(clip_prob(q / u)));
-        } else if (cce) {
-            vec u{};
-            for (int c = 0; c < C; ++c) u = u + p[c];
-            for (int c = 0; c < C; ++c) acc = acc + y[c] * vlog(clip_prob(p[c] / u));
-            store_lanes(s + l, -acc);
-        } else if (binary) {
-            for (int c = 0; c < C; ++c) acc = acc + bce_term_binary(p[c], y[c]);
-            store_lanes(s + l, sign * acc / T(C));
-        } else {
-            for (int c = 0; c < C; ++c) acc = acc + (bce ? bce_term(p[c], y[c]) : (p[c] - y[c]) * (p[c] - y[c]));
-            store_lanes(s + l, sign * acc / T(C));
-        }
-        if (sparse) {
-            for (int c = 0; c < C; ++c) d[c] = scale * (p[c] - y[c]);
-        } else if (act == Act::Softmax && cce) {
-            vec u{};
-            for (int c = 0; c < C; ++c) u = u + y[c];
-            for (int c = 0; c < C; ++c) d[c] = scale * (p[c] * u - y[c]);
-        } else if (act == Act::Sigmoid && bce) {
-            for (int c = 0; c < C; ++c) d[c] = sc * (p[c] - y[c]);
-        } else {
-            if (binary) {
-                for (int c = 0; c < C; ++c) d[c] = bce_grad_binary(p[c], y[c], sc);
-            } else {
-                for (int c = 0; c < C; ++c) d[c] = bce ? bce_grad(p[c], y[c], sc) : sc * (p[c] - y[c]);
-            }
-            if (act == Act::Softmax) {
-                vec t{};
-                for (int c = 0; c < C; ++c) t = t + d[c] * p[c];
-                for (int c = 0; c < C; ++c) d[c] = p[c] * (d[c] - t);
-            } else if (act == Act::Sigmoid) {
-                for (int c = 0; c < C; ++c) d[c] = d[c] * (p[c] * (T(1) - p[c]));
-            }
-        }
-        if (w) {
-            const vec wv = load_lanes(w + l);
-            for (int c = 0; c < C; ++c) d[c] = d[c] * wv;
-        }
+        output_lane_vector<C>(cs, p, y, d, s + l, scale, w ? w + l : nullptr);
+        if (cs.act == Act::Softmax)
+            for (int c = 0; c < C; ++c) store_lanes(A + c * L + l, p[c]);
         for (int c = 0; c < C; ++c) store_lanes(dZ + c * L + l, d[c]);
     }
     for (int c = 0; c < C; ++c) std::fill(dZ + c * L + B, dZ + (c + 1) * L, T(0));
@@ -798,6 +820,191 @@ double narrow_output_fused(LossKind kind, Act act, T* A, const T* Y, index_t B, 
         with_group(C, run);
     }
     return lanes_total(s, w, B);
+}
+
+// The lane sums of n outputs from their partial sums acc (n, kLaneBlock / width): out[i] :=
+// lane_tree(acc[i]), on AVX2 four outputs at a time (lane_tree4, the same bits).
+template <typename T>
+inline void lane_trees(T* out, const typename Simd<T>::vec (*acc)[kLaneBlock / Simd<T>::width], index_t n) {
+    index_t i = 0;
+#if FASTMLP_VEC_BYTES == 32
+    if constexpr (std::is_same_v<T, float>) {
+        for (; i + 4 <= n; i += 4)
+            lane_tree4<4>(out + i, acc[i][0] + acc[i][1], acc[i + 1][0] + acc[i + 1][1], acc[i + 2][0] + acc[i + 2][1],
+                          acc[i + 3][0] + acc[i + 3][1]);
+    }
+#endif
+    for (; i < n; ++i) out[i] = lane_tree<T>(acc[i]);
+}
+
+// A whole training step of a tiny three-layer network (the seed's 2-4-4-2) in one kernel, every
+// width fixed at compile time: K0 inputs, dense N1 + relu, dense N2 + relu, dense C and the output
+// stage Case (FixedOutputCase), every layer with its bias. Three passes over the lane vectors, each
+// lane vector's values in registers within a pass:
+//   forward   h1 := relu(W1^T x + b1), h2 := relu(W2^T h1 + b2), z := W3^T h2 + b3 (lanes_product's
+//             chains: mul_add from 0 over the inputs ascending, + b, max_sel(., 0)), stored to H1,
+//             H2 and P;
+//   output    P := the probabilities, s := the loss terms, D := dz (output_lane_vector), 0 on the
+//             padding lanes >= B;
+//   backward  dh2 := (W3 dz) masked by h2 > 0, dh1 := (W2 dh2) masked by h1 > 0 (lanes_product's
+//             masked chains), and every dW term x_k dz_n and db term dz_n added to its partial-sum
+//             vector j mod NA for lane vector j (lane_dots' order: 16 partial sums over the lanes
+//             l = i mod 16, ascending).
+// Three passes rather than one: a lane vector's whole step is one long chain of dependent
+// operations (the output stage's exp, logs and divisions in the middle), longer than the core can
+// overlap with the next lane vector's; each pass's lane vectors are independent.
+// The partial sums are then reduced by lane_tree and the loss terms by lanes_total. These are the
+// operations, in the same order, of forward_backward_narrow's layer by layer kernels
+// (narrow_dense_forward, narrow_output_fused, narrow_dense_backward), so the same bits
+// (tests/test_engine.py checks them against each other).
+// X (K0, L), Y (C, L): the batch, padding lanes zero; Wt[i] (in_i, out_i) row-major and bt[i]
+// (out_i): the weights. Overwrites H1 (N1, L), H2 (N2, L), P (C, L) (the probabilities, for the
+// metrics), D (C, L), s (L) and the gradients dWt[i], dbt[i]. Returns the batch's loss sum.
+template <int K0, int N1, int N2, int C, typename Case, typename T>
+double narrow_net3_fused(const Case& cs, const T* X, const T* Y, index_t B, index_t L, T scale, const T* const* Wt,
+                         const T* const* bt, T* const* dWt, T* const* dbt, T* H1, T* H2, T* P, T* D, T* s) {
+    using vec = LaneVec<T>;
+    using ivec = decltype(vec{} > vec{});
+    constexpr index_t VW = Simd<T>::width;
+    constexpr index_t NA = kLaneBlock / VW;
+    static_assert((NA & (NA - 1)) == 0, "a power of two of partial-sum vectors");
+    // Broadcast coefficients, read from memory by the multiply-adds (as lanes_product's): W1, b1,
+    // W2, b2, W3, b3 in that order.
+    constexpr int kW1 = 0, kB1 = kW1 + K0 * N1, kW2 = kB1 + N1, kB2 = kW2 + N1 * N2, kW3 = kB2 + N2,
+                  kB3 = kW3 + N2 * C, kCoefs = kB3 + C;
+    constexpr int kOffsets[7] = {kW1, kB1, kW2, kB2, kW3, kB3, kCoefs};
+    const T* srcs[6] = {Wt[0], bt[0], Wt[1], bt[1], Wt[2], bt[2]};
+    vec cv[kCoefs];
+    static_for<6>([&](auto a) {  // each array's count fixed at compile time: unrolled
+        constexpr int o = kOffsets[decltype(a)::value], n = kOffsets[decltype(a)::value + 1] - o;
+        for (int i = 0; i < n; ++i) cv[o + i] = splat(srcs[decltype(a)::value][i]);
+    });
+    const vec* c = cv;
+    asm("" : "+r"(c));
+    // The partial sums, in the same order as the coefficients: dW1, db1, dW2, db2, dW3, db3.
+    vec acc[kCoefs][NA];
+#pragma GCC unroll 128
+    for (int i = 0; i < kCoefs * int(NA); ++i) acc[i / NA][i % NA] = vec{};
+    const vec zero{};
+    ivec lane{};
+    for (index_t i = 0; i < VW; ++i) lane[i] = static_cast<lane_t<ivec>>(i);
+
+    auto load_rows = [L](auto& r, const T* base, index_t l) {
+        for (std::size_t i = 0; i < sizeof(r) / sizeof(r[0]); ++i) r[i] = load_lanes(base + i * L + l);
+    };
+    auto store_rows = [L](const auto& r, T* base, index_t l) {
+        for (std::size_t i = 0; i < sizeof(r) / sizeof(r[0]); ++i) store_lanes(base + i * L + l, r[i]);
+    };
+
+    // Forward.
+    for (index_t l = 0; l < L; l += VW) {
+        vec x[K0], h1[N1], h2[N2], p[C];
+        load_rows(x, X, l);
+        for (int n = 0; n < N1; ++n) {
+            vec z = mul_add(x[0], c[kW1 + n], zero);
+            for (int k = 1; k < K0; ++k) z = mul_add(x[k], c[kW1 + k * N1 + n], z);
+            h1[n] = max_sel(z + c[kB1 + n], zero);
+        }
+        for (int n = 0; n < N2; ++n) {
+            vec z = mul_add(h1[0], c[kW2 + n], zero);
+            for (int k = 1; k < N1; ++k) z = mul_add(h1[k], c[kW2 + k * N2 + n], z);
+            h2[n] = max_sel(z + c[kB2 + n], zero);
+        }
+        for (int n = 0; n < C; ++n) {
+            vec z = mul_add(h2[0], c[kW3 + n], zero);
+            for (int k = 1; k < N2; ++k) z = mul_add(h2[k], c[kW3 + k * C + n], z);
+            p[n] = z + c[kB3 + n];
+            if constexpr (Case::act == Act::Sigmoid) p[n] = act_value<Act::Sigmoid>(p[n]);  // act_values' bits
+        }
+        store_rows(h1, H1, l);
+        store_rows(h2, H2, l);
+        store_rows(p, P, l);
+    }
+    // The output stage.
+    for (index_t l = 0; l < L; l += VW) {
+        vec p[C], y[C], d[C];
+        load_rows(p, P, l);
+        load_rows(y, Y, l);
+        output_lane_vector<C>(cs, p, y, d, s + l, scale, static_cast<const T*>(nullptr));
+        if (l + VW > B) {
+            const ivec real = lane < static_cast<lane_t<ivec>>(B - l);
+            for (int o = 0; o < C; ++o) d[o] = real ? d[o] : zero;
+        }
+        store_rows(p, P, l);
+        store_rows(d, D, l);
+    }
+    // Backward, from the last layer down: each layer's dW and db terms, then the previous layer's
+    // gradient.
+    for (index_t l = 0, j = 0; l < L; l += VW, ++j) {
+        vec x[K0], h1[N1], h2[N2], d[C];
+        load_rows(x, X, l);
+        load_rows(h1, H1, l);
+        load_rows(h2, H2, l);
+        load_rows(d, D, l);
+        vec(*a)[NA] = acc;
+        const index_t v = j & (NA - 1);
+        for (int k = 0; k < N2; ++k)
+            for (int o = 0; o < C; ++o) a[kW3 + k * C + o][v] = mul_add(h2[k], d[o], a[kW3 + k * C + o][v]);
+        for (int o = 0; o < C; ++o) a[kB3 + o][v] = a[kB3 + o][v] + d[o];
+        vec g2[N2];
+        for (int k = 0; k < N2; ++k) {
+            vec t = mul_add(d[0], c[kW3 + k * C], zero);
+            for (int o = 1; o < C; ++o) t = mul_add(d[o], c[kW3 + k * C + o], t);
+            g2[k] = h2[k] > T(0) ? t : T(0);
+        }
+        for (int k = 0; k < N1; ++k)
+            for (int n = 0; n < N2; ++n) a[kW2 + k * N2 + n][v] = mul_add(h1[k], g2[n], a[kW2 + k * N2 + n][v]);
+        for (int n = 0; n < N2; ++n) a[kB2 + n][v] = a[kB2 + n][v] + g2[n];
+        vec g1[N1];
+        for (int k = 0; k < N1; ++k) {
+            vec t = mul_add(g2[0], c[kW2 + k * N2], zero);
+            for (int n = 1; n < N2; ++n) t = mul_add(g2[n], c[kW2 + k * N2 + n], t);
+            g1[k] = h1[k] > T(0) ? t : T(0);
+        }
+        for (int k = 0; k < K0; ++k)
+            for (int n = 0; n < N1; ++n) a[kW1 + k * N1 + n][v] = mul_add(x[k], g1[n], a[kW1 + k * N1 + n][v]);
+        for (int n = 0; n < N1; ++n) a[kB1 + n][v] = a[kB1 + n][v] + g1[n];
+    }
+    T* outs[6] = {dWt[0], dbt[0], dWt[1], dbt[1], dWt[2], dbt[2]};
+    for (int a = 0; a < 6; ++a) lane_trees<T>(outs[a], acc + kOffsets[a], kOffsets[a + 1] - kOffsets[a]);
+    return lanes_total(s, static_cast<const T*>(nullptr), B);
+}
+
+// narrow_net3_fused's instances: the seed's shape (2 inputs, 4 and 4 hidden units) and its wider
+// and narrower kin, with a softmax pair or one sigmoid under binary cross-entropy. Other networks
+// take the layer by layer kernels.
+template <typename T>
+using Net3Kernel = double (*)(const T* X, const T* Y, index_t B, index_t L, T scale, const T* const* Wt,
+                              const T* const* bt, T* const* dWt, T* const* dbt, T* H1, T* H2, T* P, T* D, T* s);
+
+template <int K0, int N1, int N2, int C, typename T>
+double narrow_net3_bce(const T* X, const T* Y, index_t B, index_t L, T scale, const T* const* Wt, const T* const* bt,
+                       T* const* dWt, T* const* dbt, T* H1, T* H2, T* P, T* D, T* s) {
+    using Case = FixedOutputCase<LossKind::BinaryCrossentropy, C == 1 ? Act::Sigmoid : Act::Softmax, true>;
+    return narrow_net3_fused<K0, N1, N2, C>(Case{}, X, Y, B, L, scale, Wt, bt, dWt, dbt, H1, H2, P, D, s);
+}
+
+// The instance for K0 inputs, hidden widths N1 and N2 and C outputs (act: the output's), or null.
+template <typename T>
+Net3Kernel<T> narrow_net3_kernel(index_t K0, index_t N1, index_t N2, index_t C, Act act) {
+    if (!((C == 2 && act == Act::Softmax) || (C == 1 && act == Act::Sigmoid))) return nullptr;
+    if (K0 < 1 || K0 > 4 || N1 != N2 || (N1 != 4 && N1 != 8)) return nullptr;
+    Net3Kernel<T> f = nullptr;
+    auto pick = [&](auto k0, auto n) {
+        constexpr int kK0 = decltype(k0)::value, kN = decltype(n)::value;
+        f = C == 1 ? narrow_net3_bce<kK0, kN, kN, 1, T> : narrow_net3_bce<kK0, kN, kN, 2, T>;
+    };
+    auto width = [&](auto k0) {
+        if (N1 == 4) {
+            pick(k0, std::integral_constant<int, 4>{});
+        } else {
+            pick(k0, std::integral_constant<int, 8>{});
+        }
+    };
+    with_group(K0, [&](auto G) {
+        if constexpr (decltype(G)::value <= 4) width(G);
+    });
+    return f;
 }
 
 // Sum over the B real lanes of the per-sample accuracy (as accuracy_sum, sample weights w included).

@@ -210,6 +210,47 @@ def test_fused_output_stage_is_bitwise_its_layerwise_twin(dtype, out_act, loss, 
     assert results[0][1] == results[1][1]
 
 
+# The shapes narrow_net3_fused is compiled for (narrow.hpp narrow_net3_kernel): 1 to 4 inputs,
+# both hidden layers 4 or 8 wide; and one beside them that takes the layer by layer kernels.
+NET3_SHAPES = [(2, 4, 4), (1, 4, 4), (3, 8, 8), (4, 8, 8), (2, 4, 8)]
+
+
+@pytest.mark.parametrize("isa", _core.supported_isas())
+@pytest.mark.parametrize("batch", [100, 16, 7])
+@pytest.mark.parametrize("shape", NET3_SHAPES)
+@pytest.mark.parametrize("out_act, classes", [("softmax", 2), ("sigmoid", 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_whole_network_kernel_is_bitwise_its_layerwise_twin(dtype, out_act, classes, shape, batch, isa):
+    # The seed's network (relu, relu, softmax pair, biases everywhere, binary cross-entropy on 0/1
+    # targets) and its kin run their whole step in narrow_net3_fused when the fused kernels are on:
+    # against the layer by layer kernels, the same weights, losses and accuracy sums, bit for bit,
+    # over three shuffled epochs with a partial last batch (padding lanes) and, at batch 7, a batch
+    # smaller than one lane vector; on every instruction set this CPU runs (their lane widths and
+    # partial-sum layouts differ).
+    specs, x, y, params = make_problem(shape, out_act, "binary_crossentropy", 203, dtype, HIDDEN, seed=11,
+                                       classes=classes)
+    specs = [(i, o, "relu" if n < 2 else a, True) for n, (i, o, a, _b) in enumerate(specs)]
+    size = sum(i * o + o for i, o, _a, _b in specs)
+    params = (np.random.default_rng(12).standard_normal(size) * 0.5).astype(dtype)
+    results = []
+    for fused in (True, False):
+        cls = _core.Engine64 if dtype == np.float64 else _core.Engine32
+        engine = cls(specs, "binary_crossentropy", ["binary_accuracy"],
+                     {"learning_rate": 0.05, "momentum": 0.9, "decay": 0.001}, isa=isa)
+        assert engine.isa == isa
+        engine._set_fused_kernels(fused)
+        engine.params[:] = params
+        sums = []
+        for epoch in range(3):
+            engine.begin_epoch(len(x), batch, True, 7, epoch)
+            out = engine.train_steps(x, y, 0)
+            sums.append((out["loss"], out["metrics"][0]))
+        results.append((engine.params.copy(), sums))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+    assert not np.array_equal(results[0][0], params)  # it learned
+
+
 def test_narrow_epochs_read_the_data_as_it_is_when_they_begin():
     # The narrow path copies the rows at an epoch's first train_steps: an array changed in place
     # between epochs is seen by the next one, exactly as the direct gathers see it.
