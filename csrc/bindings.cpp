@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -240,6 +241,67 @@ void bind_engine(py::module_& m, const char* name) {
             const T* wp = w ? w->data() : nullptr;
             return train_interruptibly(e, [&] { return e.train_steps(x.data(), y.data(), n, max_steps, wp); });
         }, py::arg("x"), py::arg("y"), py::arg("max_steps"), py::arg("sample_weight") = py::none())
+        .def("train_epochs", [](E& e, const carray<T>& x, const carray<T>& y, index_t epochs, index_t batch_size,
+                                bool shuffle, std::uint64_t seed, std::uint64_t first_epoch, py::handle sw) {
+            // Whole epochs in one call: begin_epoch(first_epoch + i) and train_steps for each, until
+            // one stops or Ctrl-C (polled between epochs too, every few milliseconds). Returns
+            // (columns, last, interrupt): the epochs' sums as arrays ("loss", "samples",
+            // "weight_sum" (E,), "metrics" (E, M)), the last epoch's sums as train_steps returns
+            // them (None when no epoch ran), and the KeyboardInterrupt that stopped the call or
+            // None: the caller reports the finished epochs, then raises it.
+            const index_t n = rows_of(x, "x", e.layers()[0].in);
+            if (rows_of(y, "y", e.target_cols()) != n)
+                throw std::invalid_argument("x and y must have the same number of rows; received " +
+                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            if (epochs < 0) throw std::invalid_argument("epochs must be >= 0; received " + std::to_string(epochs) + ".");
+            const auto w = sample_weights<T>(sw, n);
+            const T* wp = w ? w->data() : nullptr;
+            std::vector<EpochSums> sums;
+            sums.reserve(static_cast<std::size_t>(std::min<index_t>(epochs, 4096)));
+            bool interrupted = false;
+            run_interruptibly(e, [&] {
+                using clock = std::chrono::steady_clock;
+                auto last_poll = clock::now();
+                for (index_t i = 0; i < epochs; ++i) {
+                    e.begin_epoch(n, batch_size, shuffle, seed, first_epoch + static_cast<std::uint64_t>(i));
+                    sums.push_back(e.train_steps(x.data(), y.data(), n, 0, wp));
+                    if (sums.back().stop != StopReason::None) break;
+                    if (i + 1 < epochs && clock::now() - last_poll >= std::chrono::milliseconds(2)) {
+                        last_poll = clock::now();
+                        py::gil_scoped_acquire acquire;
+                        if (PyErr_CheckSignals() != 0) {
+                            interrupted = true;
+                            break;
+                        }
+                    }
+                }
+                return 0;
+            });
+            interrupted = interrupted || (!sums.empty() && sums.back().stop == StopReason::Interrupted);
+            py::object interrupt = py::none();
+            if (interrupted && PyErr_Occurred()) {
+                py::error_already_set err;  // fetched and cleared: handed back
+                interrupt = err.value();
+            }
+            const index_t E = static_cast<index_t>(sums.size());
+            const index_t M = static_cast<index_t>(e.metrics().size());
+            py::array_t<double> loss(E), samples(E), weight_sum(E), metrics({E, M});
+            for (index_t i = 0; i < E; ++i) {
+                const EpochSums& s = sums[static_cast<std::size_t>(i)];
+                loss.mutable_at(i) = s.loss;
+                samples.mutable_at(i) = static_cast<double>(s.samples);
+                weight_sum.mutable_at(i) = s.weight_sum;
+                for (index_t m = 0; m < M; ++m) metrics.mutable_at(i, m) = s.metrics[static_cast<std::size_t>(m)];
+            }
+            py::dict columns;
+            columns["loss"] = loss;
+            columns["samples"] = samples;
+            columns["weight_sum"] = weight_sum;
+            columns["metrics"] = metrics;
+            py::object last = sums.empty() ? py::object(py::none()) : py::object(sums_to_dict(sums.back()));
+            return py::make_tuple(columns, last, interrupt);
+        }, py::arg("x"), py::arg("y"), py::arg("epochs"), py::arg("batch_size"), py::arg("shuffle"),
+           py::arg("seed"), py::arg("first_epoch"), py::arg("sample_weight") = py::none())
         .def("predict", [](E& e, const carray<T>& x, index_t batch_size) {
             const index_t n = rows_of(x, "x", e.layers()[0].in);
             py::array_t<T> out({n, e.layers().back().out});

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -93,27 +94,32 @@ inline py::dict sums_to_dict(const EpochSums& s) {
     return d;
 }
 
-// Runs train() (one engine's train_steps, returning its EpochSums) with the GIL released and the
-// engine's mutex held, and returns the sums as a dict. Ctrl-C: Python's handler only sets a flag;
-// polling it needs the GIL, taken for a moment every few milliseconds through the engine's
-// interrupt check. On a signal, the KeyboardInterrupt it raises is left set and re-raised here,
-// once the step in progress has finished.
+// Runs train() with the GIL released and the engine's mutex held, and returns what it returns.
+// Ctrl-C: Python's handler only sets a flag; polling it needs the GIL, taken for a moment every few
+// milliseconds through the engine's interrupt check. On a signal, train_steps stops with
+// StopReason::Interrupted and the KeyboardInterrupt raised by the check is left set, for the
+// caller to re-raise (train_interruptibly) or hand back (train_epochs).
+template <typename E, typename F>
+auto run_interruptibly(E& e, F&& train) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(e.mutex());
+    struct Reset {  // the check must not outlive this call, even when train throws
+        E& e;
+        ~Reset() { e.set_interrupt_check(nullptr); }
+    } reset{e};
+    e.set_interrupt_check([] {
+        py::gil_scoped_acquire acquire;
+        return PyErr_CheckSignals() != 0;
+    });
+    return train();
+}
+
+// Runs train() (one engine's train_steps, returning its EpochSums) as run_interruptibly, and
+// returns the sums as a dict; a KeyboardInterrupt is re-raised here, once the step in progress has
+// finished.
 template <typename E, typename F>
 py::dict train_interruptibly(E& e, F&& train) {
-    EpochSums s;
-    {
-        py::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(e.mutex());
-        struct Reset {  // the check must not outlive this call, even when train throws
-            E& e;
-            ~Reset() { e.set_interrupt_check(nullptr); }
-        } reset{e};
-        e.set_interrupt_check([] {
-            py::gil_scoped_acquire acquire;
-            return PyErr_CheckSignals() != 0;
-        });
-        s = train();
-    }
+    const EpochSums s = run_interruptibly(e, std::forward<F>(train));
     if (s.stop == StopReason::Interrupted && PyErr_Occurred()) throw py::error_already_set();
     return sums_to_dict(s);
 }

@@ -41,6 +41,7 @@ public:
     std::vector<T>& velocity() { return velocity_; }  // the optimizer's first state arena
     std::vector<T>& second() { return second_; }      // its second (Adam's v, RMSprop's momentum)
     const std::vector<LayerSpec>& layers() const { return layers_; }
+    const std::vector<MetricKind>& metrics() const { return metrics_; }
     index_t kernel_offset(std::size_t l) const { return w_off_.at(l); }
     index_t bias_offset(std::size_t l) const { return b_off_.at(l); }  // -1 without bias
     // Where layer l's input (input = true) or output batch normalization keeps its gamma and beta in

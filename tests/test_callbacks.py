@@ -41,16 +41,21 @@ def keras_test_data(num_classes=2, seed=1337):
 
 
 class CountingEngine:
-    """Wraps a model's engine and records the `max_steps` of each train_steps call."""
+    """Wraps a model's engine and records the `max_steps` of each train_steps call, and
+    ("epochs", n) for each train_epochs call (n whole epochs in one call)."""
 
     def __init__(self, model):
         self.engine = model._engine
         self.calls = []
         model._engine = self
 
-    def train_steps(self, x, y, max_steps):
+    def train_steps(self, x, y, max_steps, **kwargs):
         self.calls.append(max_steps)
-        return self.engine.train_steps(x, y, max_steps)
+        return self.engine.train_steps(x, y, max_steps, **kwargs)
+
+    def train_epochs(self, x, y, epochs, *args, **kwargs):
+        self.calls.append(("epochs", epochs))
+        return self.engine.train_epochs(x, y, epochs, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -146,10 +151,65 @@ def test_batch_mode_trains_the_same_bits_as_whole_epochs(hook):
         history = model.fit(x, y, epochs=3, batch_size=32, callbacks=cbs, verbose=0)
         runs.append((model.get_weights(), history.history, counter.calls))
     (w_native, h_native, calls_native), (w_batch, h_batch, calls_batch) = runs
-    assert calls_native == [0, 0, 0] and calls_batch == [1] * 30
+    assert calls_native == [("epochs", 3)] and calls_batch == [1] * 30
     for a, b in zip(w_native, w_batch):
         np.testing.assert_array_equal(a, b)
     assert h_native == h_batch
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_whole_fit_in_one_native_call_is_the_epoch_by_epoch_fit(weighted):
+    # With History as the only callback (verbose=0, no validation), fit hands all its epochs to
+    # train_epochs at once; an epoch-level callback that does nothing brings back one call per
+    # epoch. The same weights, History and model.history, bit for bit, across two fits (the
+    # shuffle continues from one to the next) and a fit from initial_epoch.
+    x, y = xor_data(230)
+    sw = np.random.RandomState(5).rand(len(x)).astype(np.float32) + 0.5 if weighted else None
+    runs = []
+    for cbs in ([], [callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)]):
+        fastmlp.utils.set_random_seed(13)
+        model = seed_model(metrics=["accuracy"])
+        counter = CountingEngine(model)
+        first = model.fit(x, y, epochs=4, batch_size=32, callbacks=cbs, verbose=0, sample_weight=sw)
+        second = model.fit(x, y, epochs=5, initial_epoch=2, batch_size=50, callbacks=cbs, verbose=0,
+                           sample_weight=sw)
+        runs.append((model.get_weights(), first.history, first.epoch, second.history, second.epoch,
+                     model.history is second, counter.calls))
+    fast, slow = runs
+    assert fast[-1] == [("epochs", 4), ("epochs", 3)] and slow[-1] == [0] * 7
+    for a, b in zip(fast[0], slow[0]):
+        np.testing.assert_array_equal(a, b)
+    assert fast[1:-1] == slow[1:-1]
+    assert fast[2] == [0, 1, 2, 3] and fast[4] == [2, 3, 4] and fast[5]
+
+
+@pytest.mark.parametrize("on_nonfinite", ["stop", "raise"])
+def test_whole_fit_in_one_native_call_stops_on_nonfinite_as_the_epoch_by_epoch_fit(on_nonfinite, capsys):
+    # A linear network whose weights overflow in the second epoch: the one-call fit stops where
+    # the epoch-by-epoch fit does, with the same History and message (or exception).
+    x, y = xor_data(200)
+    outcomes = []
+    for cbs in ([], [callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)]):
+        fastmlp.utils.set_random_seed(2)
+        model = Sequential([layers.Dense(4, input_dim=2), layers.Dense(2)])
+        model.compile(loss="mean_squared_error", optimizer=optimizers.SGD(0.02, momentum=0.9))
+        try:
+            history = model.fit(x * 10, y, epochs=6, batch_size=40, callbacks=cbs, verbose=0,
+                                on_nonfinite=on_nonfinite)
+            outcome = ("stopped", history.epoch, history.history)
+        except FloatingPointError as e:
+            outcome = ("raised", str(e), model.history.epoch if model.history else None)
+        names = {layer.name: f"layer{i}" for i, layer in enumerate(model.layers)}  # numbered per process
+        outcome = tuple(re.sub("|".join(names), lambda m: names[m.group(0)], o) if isinstance(o, str) else o
+                        for o in outcome)
+        out = re.sub("|".join(names), lambda m: names[m.group(0)], capsys.readouterr().out)
+        outcomes.append((outcome, out, [w.copy() for w in model.get_weights()]))
+    (fast, fast_out, fast_w), (slow, slow_out, slow_w) = outcomes
+    assert fast[:2] == (("stopped", [0, 1]) if on_nonfinite == "stop" else ("raised", fast[1]))
+    assert "Epoch 2" in (fast_out if on_nonfinite == "stop" else fast[1])
+    assert repr(fast) == repr(slow) and fast_out == slow_out  # repr: the stopped epoch logs a NaN loss
+    for a, b in zip(fast_w, slow_w):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_stop_training_in_a_batch_hook_ends_the_epoch_there():

@@ -620,6 +620,12 @@ class Sequential:
             engine.begin_fit()  # the device copy of the data is made again: x and y may have changed in place
         cbs.on_train_begin()
         slice_steps = 1
+        # Nothing to call between epochs but History (no progress bar, validation or other
+        # callback): the native engine runs all the epochs in one call, and History gets their logs.
+        if (val is None and not live and hasattr(engine, "train_epochs")
+                and all(type(cb) is _callbacks.History for cb in cbs.callbacks)):
+            return self._fit_in_one_call(engine, x, y, weights, batch_size, epochs, initial_epoch, shuffle,
+                                         on_nonfinite, cbs)
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
             engine.begin_epoch(len(x), batch_size, shuffle, self._shuffle_seed, self._shuffle_epochs)
@@ -655,6 +661,47 @@ class Sequential:
             if self.stop_training:
                 break
         cbs.on_train_end(logs)
+        return cbs.history
+
+    def _fit_in_one_call(self, engine, x, y, weights, batch_size, epochs, initial_epoch, shuffle, on_nonfinite,
+                         cbs):
+        """fit's epochs in one native call (engine.train_epochs), History the only callback: the
+        same training, logs and stops as the epoch-by-epoch loop of _fit."""
+        columns, last, interrupt = engine.train_epochs(x, y, max(epochs - initial_epoch, 0), batch_size, shuffle,
+                                                       self._shuffle_seed, self._shuffle_epochs, **weights)
+        ran = len(columns["loss"])
+        self._shuffle_epochs += ran
+        stop = last["stop"] if last is not None else ""
+        # The epochs that ended normally, their logs as _logs makes them, a column at a time.
+        whole = ran - (1 if stop else 0)
+        n = np.maximum(columns["samples"][:whole], 1.0)
+        weight_sum = columns["weight_sum"][:whole]
+        args = self._compile_args
+        logs = {}
+        for j, (name, weighted) in enumerate(zip(args["metric_names"], args["weighted"])):
+            total = columns["metrics"][:whole, j]
+            if weighted:
+                nonzero = weight_sum != 0
+                logs[name] = np.where(nonzero, total / np.where(nonzero, weight_sum, 1.0), 0.0)
+            else:
+                logs[name] = total / n
+        logs["loss"] = columns["loss"][:whole] / n
+        history = cbs.history
+        history.epoch.extend(range(initial_epoch, initial_epoch + whole))
+        for k, v in logs.items():
+            history.history.setdefault(k, []).extend(v.tolist())
+        self.history = history
+        last_logs = {k: v[-1].item() for k, v in logs.items()} if whole else None
+        if stop in ("nonfinite_loss", "nonfinite_weights"):
+            epoch = initial_epoch + whole
+            last_logs = self._logs(last)
+            self._stop_nonfinite(last, epoch, last_logs, on_nonfinite, cbs)
+            last_logs = {k: float(v) for k, v in last_logs.items()}
+            cbs.on_epoch_begin(epoch)
+            cbs.on_epoch_end(epoch, last_logs)
+        if interrupt is not None:
+            raise interrupt
+        cbs.on_train_end(last_logs)
         return cbs.history
 
     def _stop_nonfinite(self, sums, epoch, logs, on_nonfinite, cbs):
