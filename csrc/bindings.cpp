@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 #include <string>
@@ -256,16 +257,23 @@ void bind_engine(py::module_& m, const char* name) {
             if (epochs < 0) throw std::invalid_argument("epochs must be >= 0; received " + std::to_string(epochs) + ".");
             const auto w = sample_weights<T>(sw, n);
             const T* wp = w ? w->data() : nullptr;
-            std::vector<EpochSums> sums;
-            sums.reserve(static_cast<std::size_t>(std::min<index_t>(epochs, 4096)));
-            bool interrupted = false;
+            // Each epoch's sums as columns (History's size, not EpochSums'), and the last one whole.
+            const std::size_t M = e.metrics().size();
+            std::vector<double> loss, samples, weight_sum, metrics;
+            EpochSums last;
+            bool any = false, interrupted = false;
             run_interruptibly(e, [&] {
                 using clock = std::chrono::steady_clock;
                 auto last_poll = clock::now();
                 for (index_t i = 0; i < epochs; ++i) {
                     e.begin_epoch(n, batch_size, shuffle, seed, first_epoch + static_cast<std::uint64_t>(i));
-                    sums.push_back(e.train_steps(x.data(), y.data(), n, 0, wp));
-                    if (sums.back().stop != StopReason::None) break;
+                    last = e.train_steps(x.data(), y.data(), n, 0, wp);
+                    any = true;
+                    loss.push_back(last.loss);
+                    samples.push_back(static_cast<double>(last.samples));
+                    weight_sum.push_back(last.weight_sum);
+                    metrics.insert(metrics.end(), last.metrics.begin(), last.metrics.end());
+                    if (last.stop != StopReason::None) break;
                     if (i + 1 < epochs && clock::now() - last_poll >= std::chrono::milliseconds(2)) {
                         last_poll = clock::now();
                         py::gil_scoped_acquire acquire;
@@ -277,29 +285,25 @@ void bind_engine(py::module_& m, const char* name) {
                 }
                 return 0;
             });
-            interrupted = interrupted || (!sums.empty() && sums.back().stop == StopReason::Interrupted);
+            interrupted = interrupted || (any && last.stop == StopReason::Interrupted);
             py::object interrupt = py::none();
             if (interrupted && PyErr_Occurred()) {
                 py::error_already_set err;  // fetched and cleared: handed back
                 interrupt = err.value();
             }
-            const index_t E = static_cast<index_t>(sums.size());
-            const index_t M = static_cast<index_t>(e.metrics().size());
-            py::array_t<double> loss(E), samples(E), weight_sum(E), metrics({E, M});
-            for (index_t i = 0; i < E; ++i) {
-                const EpochSums& s = sums[static_cast<std::size_t>(i)];
-                loss.mutable_at(i) = s.loss;
-                samples.mutable_at(i) = static_cast<double>(s.samples);
-                weight_sum.mutable_at(i) = s.weight_sum;
-                for (index_t m = 0; m < M; ++m) metrics.mutable_at(i, m) = s.metrics[static_cast<std::size_t>(m)];
-            }
+            const index_t E = static_cast<index_t>(loss.size());
+            auto column = [](const std::vector<double>& v, std::vector<py::ssize_t> shape) {
+                py::array_t<double> a(shape);
+                std::copy(v.begin(), v.end(), a.mutable_data());
+                return a;
+            };
             py::dict columns;
-            columns["loss"] = loss;
-            columns["samples"] = samples;
-            columns["weight_sum"] = weight_sum;
-            columns["metrics"] = metrics;
-            py::object last = sums.empty() ? py::object(py::none()) : py::object(sums_to_dict(sums.back()));
-            return py::make_tuple(columns, last, interrupt);
+            columns["loss"] = column(loss, {E});
+            columns["samples"] = column(samples, {E});
+            columns["weight_sum"] = column(weight_sum, {E});
+            columns["metrics"] = column(metrics, {E, static_cast<py::ssize_t>(M)});
+            py::object last_dict = any ? py::object(sums_to_dict(last)) : py::object(py::none());
+            return py::make_tuple(columns, last_dict, interrupt);
         }, py::arg("x"), py::arg("y"), py::arg("epochs"), py::arg("batch_size"), py::arg("shuffle"),
            py::arg("seed"), py::arg("first_epoch"), py::arg("sample_weight") = py::none())
         .def("predict", [](E& e, const carray<T>& x, index_t batch_size) {

@@ -40,12 +40,19 @@ CTRL_C_SCRIPT = textwrap.dedent("""
     from fastmlp.layers import Dense
     from fastmlp.models import Sequential
 
+    import sys
     fastmlp.utils.set_random_seed(0)
-    model = Sequential([Dense(256, activation="relu", input_dim=64), Dense(10, activation="softmax")])
+    if sys.argv[1] == "long":
+        model = Sequential([Dense(256, activation="relu", input_dim=64), Dense(10, activation="softmax")])
+        rows, batch = 4096, 64
+    else:
+        model = Sequential([Dense(4, activation="relu", input_dim=64), Dense(10, activation="softmax")])
+        rows, batch = 100, 100
     model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd", metrics=["accuracy"])
-    x = np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32)
-    y = np.random.default_rng(1).integers(0, 10, 4096)
-    # About 30 ms per epoch: the interrupt lands in the middle of a native epoch.
+    x = np.random.default_rng(0).standard_normal((rows, 64)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 10, rows)
+    # "long": about 30 ms per epoch, the interrupt lands in the middle of a native epoch; "tiny":
+    # epochs of one step of a few microseconds, all in one native call, the interrupt lands between two.
     sent = {}
     def interrupt():
         time.sleep(0.5)
@@ -54,12 +61,13 @@ CTRL_C_SCRIPT = textwrap.dedent("""
     threading.Thread(target=interrupt, daemon=True).start()
     out = {}
     try:
-        model.fit(x, y, epochs=100000, batch_size=64, verbose=0)
+        model.fit(x, y, epochs=10**9, batch_size=batch, verbose=0)
         out["raised"] = False
     except KeyboardInterrupt:
         out["raised"] = True
         out["latency"] = time.perf_counter() - sent["t"]
     out["epochs"] = len(model.history.epoch)
+    out["logged"] = len(model.history.history["loss"])
     out["finite"] = bool(all(np.isfinite(w).all() for w in model.get_weights()))
     # Still usable: predict and another fit work.
     out["predict_shape"] = list(model.predict(x[:5]).shape)
@@ -68,13 +76,16 @@ CTRL_C_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_stops_a_native_fit_quickly_and_leaves_the_model_usable():
-    proc = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("epochs", ["long", "tiny"])
+def test_ctrl_c_stops_a_native_fit_quickly_and_leaves_the_model_usable(epochs):
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT, epochs], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["raised"]
     assert out["latency"] < 0.1  # a few ms of polling plus one batch; generous for a loaded machine
     assert out["epochs"] >= 1  # History holds the epochs completed before the interrupt
+    assert out["logged"] == out["epochs"]
     assert out["finite"] and out["predict_shape"] == [5, 10] and np.isfinite(out["refit_loss"])
 
 
