@@ -4,8 +4,8 @@
 ``backend='numpy'``: the pure-NumPy reference) that owns the parameters, gradients and optimizer
 state in flat arenas; the layers' ``kernel`` and ``bias`` become views into that arena. ``fit``
 runs each epoch as one native call with the GIL released (in slices only when a live progress bar
-is shown, batch by batch only when a callback overrides a batch hook); Python handles History,
-progress and callbacks between epochs. ``save``/``load_model`` read and write Keras 3's ``.keras``
+is shown, batch by batch only when a callback overrides a batch hook; all the epochs in one call
+when History is the only callback); Python handles History, progress and callbacks between epochs. ``save``/``load_model`` read and write Keras 3's ``.keras``
 files (``fastmlp.saving``).
 
 Threads: calls into one model's engine are serialized (a predict waits for the running batch), a
@@ -522,7 +522,8 @@ class Sequential:
 
         `callbacks` (``fastmlp.callbacks``) get Keras 3's hooks. Each epoch is one native call
         unless a callback overrides a batch hook; the engine then runs batch by batch, with the
-        same results. Shuffling is seeded per model (drawn from ``fastmlp.utils``'s generator at
+        same results. With no callback but History, no progress bar (``verbose=0``) and no
+        validation, all the epochs are one native call, again with the same results. Shuffling is seeded per model (drawn from ``fastmlp.utils``'s generator at
         the model's first fit) and per epoch of its life, and saved with it: a model saved after
         k epochs, reloaded and trained with ``initial_epoch=k`` ends where uninterrupted training
         does, bit for bit.
