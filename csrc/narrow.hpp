@@ -822,19 +822,20 @@ double narrow_output_fused(LossKind kind, Act act, T* A, const T* Y, index_t B, 
     return lanes_total(s, w, B);
 }
 
-// The lane sums of n outputs from their partial sums acc (n, kLaneBlock / width): out[i] :=
-// lane_tree(acc[i]), on AVX2 four outputs at a time (lane_tree4, the same bits).
+// The lane sums of n outputs from their partial sums acc (n, NA), NA = kLaneBlock / width
+// vectors per output: out[i] := lane_tree(acc + i NA), on AVX2 four outputs at a time
+// (lane_tree4, the same bits).
 template <typename T>
-inline void lane_trees(T* out, const typename Simd<T>::vec (*acc)[kLaneBlock / Simd<T>::width], index_t n) {
+inline void lane_trees(T* out, const typename Simd<T>::vec* acc, index_t n) {
+    constexpr index_t NA = kLaneBlock / Simd<T>::width;
     index_t i = 0;
 #if FASTMLP_VEC_BYTES == 32
     if constexpr (std::is_same_v<T, float>) {
-        for (; i + 4 <= n; i += 4)
-            lane_tree4<4>(out + i, acc[i][0] + acc[i][1], acc[i + 1][0] + acc[i + 1][1], acc[i + 2][0] + acc[i + 2][1],
-                          acc[i + 3][0] + acc[i + 3][1]);
+        auto pair = [acc](index_t o) { return acc[o * NA] + acc[o * NA + 1]; };
+        for (; i + 4 <= n; i += 4) lane_tree4<4>(out + i, pair(i), pair(i + 1), pair(i + 2), pair(i + 3));
     }
 #endif
-    for (; i < n; ++i) out[i] = lane_tree<T>(acc[i]);
+    for (; i < n; ++i) out[i] = lane_tree<T>(acc + i * NA);
 }
 
 // A whole training step of a tiny three-layer network (the seed's 2-4-4-2) in one kernel, every
@@ -881,10 +882,11 @@ double narrow_net3_fused(const Case& cs, const T* X, const T* Y, index_t B, inde
     });
     const vec* c = cv;
     asm("" : "+r"(c));
-    // The partial sums, in the same order as the coefficients: dW1, db1, dW2, db2, dW3, db3.
-    vec acc[kCoefs][NA];
+    // The partial sums, NA vectors for each coefficient in the same order: dW1, db1, dW2, db2,
+    // dW3, db3.
+    vec acc[kCoefs * NA];
 #pragma GCC unroll 128
-    for (int i = 0; i < kCoefs * int(NA); ++i) acc[i / NA][i % NA] = vec{};
+    for (int i = 0; i < kCoefs * int(NA); ++i) acc[i] = vec{};
     const vec zero{};
     ivec lane{};
     for (index_t i = 0; i < VW; ++i) lane[i] = static_cast<lane_t<ivec>>(i);
@@ -896,26 +898,56 @@ double narrow_net3_fused(const Case& cs, const T* X, const T* Y, index_t B, inde
         for (std::size_t i = 0; i < sizeof(r) / sizeof(r[0]); ++i) store_lanes(base + i * L + l, r[i]);
     };
 
+    // One dense layer on a lane vector, In inputs and Out outputs, its weights at coefficient kW
+    // and its bias at kB: out[n] := the chain over k of mul_add(in[k], W[k][n]) from 0, + b[n],
+    // then max_sel(., 0) when Relu (lanes_product's).
+    auto dense = [&](auto In, auto Out, auto Relu, int kW, int kB, const vec* in, vec* out) {
+        constexpr int I = decltype(In)::value, O = decltype(Out)::value;
+        for (int n = 0; n < O; ++n) {
+            vec z = mul_add(in[0], c[kW + n], zero);
+            for (int k = 1; k < I; ++k) z = mul_add(in[k], c[kW + k * O + n], z);
+            z = z + c[kB + n];
+            out[n] = decltype(Relu)::value ? max_sel(z, zero) : z;
+        }
+    };
+    // Its backward into the partial-sum vectors a[i * NA] (a: acc's column v), given dz (Out) and
+    // its input `in` (In): every in[k] dz[n] added to dW's partial sum (mul_add) and dz[n] to db's
+    // (lane_dots'); then, when GradIn, the input's gradient g_in[k] := the chain over n of
+    // mul_add(dz[n], W[k][n]) from 0, masked by in[k] > 0 (the previous layer's relu;
+    // lanes_product's masked chain).
+    auto dense_backward = [&](auto In, auto Out, auto GradIn, int kW, int kB, const vec* in, const vec* dz,
+                              vec* g_in, vec* a) {
+        constexpr int I = decltype(In)::value, O = decltype(Out)::value;
+        for (int k = 0; k < I; ++k)
+            for (int n = 0; n < O; ++n) {
+                vec& p = a[(kW + k * O + n) * NA];
+                p = mul_add(in[k], dz[n], p);
+            }
+        for (int n = 0; n < O; ++n) a[(kB + n) * NA] = a[(kB + n) * NA] + dz[n];
+        if constexpr (decltype(GradIn)::value) {
+            for (int k = 0; k < I; ++k) {
+                vec t = mul_add(dz[0], c[kW + k * O], zero);
+                for (int n = 1; n < O; ++n) t = mul_add(dz[n], c[kW + k * O + n], t);
+                g_in[k] = in[k] > T(0) ? t : T(0);
+            }
+        }
+    };
+    using K0c = std::integral_constant<int, K0>;
+    using N1c = std::integral_constant<int, N1>;
+    using N2c = std::integral_constant<int, N2>;
+    using Cc = std::integral_constant<int, C>;
+    constexpr std::true_type yes{};
+    constexpr std::false_type no{};
+
     // Forward.
     for (index_t l = 0; l < L; l += VW) {
         vec x[K0], h1[N1], h2[N2], p[C];
         load_rows(x, X, l);
-        for (int n = 0; n < N1; ++n) {
-            vec z = mul_add(x[0], c[kW1 + n], zero);
-            for (int k = 1; k < K0; ++k) z = mul_add(x[k], c[kW1 + k * N1 + n], z);
-            h1[n] = max_sel(z + c[kB1 + n], zero);
-        }
-        for (int n = 0; n < N2; ++n) {
-            vec z = mul_add(h1[0], c[kW2 + n], zero);
-            for (int k = 1; k < N1; ++k) z = mul_add(h1[k], c[kW2 + k * N2 + n], z);
-            h2[n] = max_sel(z + c[kB2 + n], zero);
-        }
-        for (int n = 0; n < C; ++n) {
-            vec z = mul_add(h2[0], c[kW3 + n], zero);
-            for (int k = 1; k < N2; ++k) z = mul_add(h2[k], c[kW3 + k * C + n], z);
-            p[n] = z + c[kB3 + n];
-            if constexpr (Case::act == Act::Sigmoid) p[n] = act_value<Act::Sigmoid>(p[n]);  // act_values' bits
-        }
+        dense(K0c{}, N1c{}, yes, kW1, kB1, x, h1);
+        dense(N1c{}, N2c{}, yes, kW2, kB2, h1, h2);
+        dense(N2c{}, Cc{}, no, kW3, kB3, h2, p);
+        if constexpr (Case::act == Act::Sigmoid)
+            for (int n = 0; n < C; ++n) p[n] = act_value<Act::Sigmoid>(p[n]);  // act_values' bits
         store_rows(h1, H1, l);
         store_rows(h2, H2, l);
         store_rows(p, P, l);
@@ -933,40 +965,20 @@ double narrow_net3_fused(const Case& cs, const T* X, const T* Y, index_t B, inde
         store_rows(p, P, l);
         store_rows(d, D, l);
     }
-    // Backward, from the last layer down: each layer's dW and db terms, then the previous layer's
-    // gradient.
+    // Backward, from the last layer down.
     for (index_t l = 0, j = 0; l < L; l += VW, ++j) {
-        vec x[K0], h1[N1], h2[N2], d[C];
+        vec x[K0], h1[N1], h2[N2], d[C], g2[N2], g1[N1];
         load_rows(x, X, l);
         load_rows(h1, H1, l);
         load_rows(h2, H2, l);
         load_rows(d, D, l);
-        vec(*a)[NA] = acc;
-        const index_t v = j & (NA - 1);
-        for (int k = 0; k < N2; ++k)
-            for (int o = 0; o < C; ++o) a[kW3 + k * C + o][v] = mul_add(h2[k], d[o], a[kW3 + k * C + o][v]);
-        for (int o = 0; o < C; ++o) a[kB3 + o][v] = a[kB3 + o][v] + d[o];
-        vec g2[N2];
-        for (int k = 0; k < N2; ++k) {
-            vec t = mul_add(d[0], c[kW3 + k * C], zero);
-            for (int o = 1; o < C; ++o) t = mul_add(d[o], c[kW3 + k * C + o], t);
-            g2[k] = h2[k] > T(0) ? t : T(0);
-        }
-        for (int k = 0; k < N1; ++k)
-            for (int n = 0; n < N2; ++n) a[kW2 + k * N2 + n][v] = mul_add(h1[k], g2[n], a[kW2 + k * N2 + n][v]);
-        for (int n = 0; n < N2; ++n) a[kB2 + n][v] = a[kB2 + n][v] + g2[n];
-        vec g1[N1];
-        for (int k = 0; k < N1; ++k) {
-            vec t = mul_add(g2[0], c[kW2 + k * N2], zero);
-            for (int n = 1; n < N2; ++n) t = mul_add(g2[n], c[kW2 + k * N2 + n], t);
-            g1[k] = h1[k] > T(0) ? t : T(0);
-        }
-        for (int k = 0; k < K0; ++k)
-            for (int n = 0; n < N1; ++n) a[kW1 + k * N1 + n][v] = mul_add(x[k], g1[n], a[kW1 + k * N1 + n][v]);
-        for (int n = 0; n < N1; ++n) a[kB1 + n][v] = a[kB1 + n][v] + g1[n];
+        vec* a = acc + (j & (NA - 1));
+        dense_backward(N2c{}, Cc{}, yes, kW3, kB3, h2, d, g2, a);
+        dense_backward(N1c{}, N2c{}, yes, kW2, kB2, h1, g2, g1, a);
+        dense_backward(K0c{}, N1c{}, no, kW1, kB1, x, g1, static_cast<vec*>(nullptr), a);
     }
     T* outs[6] = {dWt[0], dbt[0], dWt[1], dbt[1], dWt[2], dbt[2]};
-    for (int a = 0; a < 6; ++a) lane_trees<T>(outs[a], acc + kOffsets[a], kOffsets[a + 1] - kOffsets[a]);
+    for (int a = 0; a < 6; ++a) lane_trees<T>(outs[a], acc + kOffsets[a] * NA, kOffsets[a + 1] - kOffsets[a]);
     return lanes_total(s, static_cast<const T*>(nullptr), B);
 }
 
