@@ -90,6 +90,17 @@ BatchNormSpec batchnorm_spec(py::handle h, Act* act) {
     return bn;
 }
 
+// The rows of a batch (x, y) for engine e: x's and y's shapes checked against its input and
+// target widths and against each other.
+template <typename T, typename E>
+index_t batch_rows(const E& e, const carray<T>& x, const carray<T>& y) {
+    const index_t n = rows_of(x, "x", e.layers()[0].in);
+    if (rows_of(y, "y", e.target_cols()) != n)
+        throw std::invalid_argument("x and y must have the same number of rows; received " + std::to_string(n) +
+                                    " and " + std::to_string(y.shape(0)) + ".");
+    return n;
+}
+
 template <typename T>
 void bind_engine(py::module_& m, const char* name) {
     using E = EngineBase<T>;
@@ -234,10 +245,7 @@ void bind_engine(py::module_& m, const char* name) {
             locked(e, [&] { e.begin_epoch(n, batch_size, shuffle, seed, epoch); });
         })
         .def("train_steps", [](E& e, const carray<T>& x, const carray<T>& y, index_t max_steps, py::handle sw) {
-            const index_t n = rows_of(x, "x", e.layers()[0].in);
-            if (rows_of(y, "y", e.target_cols()) != n)
-                throw std::invalid_argument("x and y must have the same number of rows; received " +
-                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            const index_t n = batch_rows(e, x, y);
             const auto w = sample_weights<T>(sw, n);
             const T* wp = w ? w->data() : nullptr;
             return train_interruptibly(e, [&] { return e.train_steps(x.data(), y.data(), n, max_steps, wp); });
@@ -250,10 +258,7 @@ void bind_engine(py::module_& m, const char* name) {
             // "weight_sum" (E,), "metrics" (E, M)), the last epoch's sums as train_steps returns
             // them (None when no epoch ran), and the KeyboardInterrupt that stopped the call or
             // None: the caller reports the finished epochs, then raises it.
-            const index_t n = rows_of(x, "x", e.layers()[0].in);
-            if (rows_of(y, "y", e.target_cols()) != n)
-                throw std::invalid_argument("x and y must have the same number of rows; received " +
-                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            const index_t n = batch_rows(e, x, y);
             if (epochs < 0) throw std::invalid_argument("epochs must be >= 0; received " + std::to_string(epochs) + ".");
             const auto w = sample_weights<T>(sw, n);
             const T* wp = w ? w->data() : nullptr;
@@ -276,8 +281,7 @@ void bind_engine(py::module_& m, const char* name) {
                     if (last.stop != StopReason::None) break;
                     if (i + 1 < epochs && clock::now() - last_poll >= std::chrono::milliseconds(2)) {
                         last_poll = clock::now();
-                        py::gil_scoped_acquire acquire;
-                        if (PyErr_CheckSignals() != 0) {
+                        if (python_interrupted()) {
                             interrupted = true;
                             break;
                         }
@@ -318,10 +322,7 @@ void bind_engine(py::module_& m, const char* name) {
             return out;
         })
         .def("evaluate", [](E& e, const carray<T>& x, const carray<T>& y, index_t batch_size, py::handle sw) {
-            const index_t n = rows_of(x, "x", e.layers()[0].in);
-            if (rows_of(y, "y", e.target_cols()) != n)
-                throw std::invalid_argument("x and y must have the same number of rows; received " +
-                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            const index_t n = batch_rows(e, x, y);
             const auto w = sample_weights<T>(sw, n);
             const T* wp = w ? w->data() : nullptr;
             EpochSums s;
@@ -333,10 +334,7 @@ void bind_engine(py::module_& m, const char* name) {
             return sums_to_dict(s);
         }, py::arg("x"), py::arg("y"), py::arg("batch_size"), py::arg("sample_weight") = py::none())
         .def("compute_gradients", [](E& e, const carray<T>& x, const carray<T>& y, py::handle sw) {
-            const index_t n = rows_of(x, "x", e.layers()[0].in);
-            if (rows_of(y, "y", e.target_cols()) != n)
-                throw std::invalid_argument("x and y must have the same number of rows; received " +
-                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            const index_t n = batch_rows(e, x, y);
             const auto w = sample_weights<T>(sw, n);
             const T* wp = w ? w->data() : nullptr;
             py::gil_scoped_release release;
@@ -345,10 +343,7 @@ void bind_engine(py::module_& m, const char* name) {
         }, py::arg("x"), py::arg("y"), py::arg("sample_weight") = py::none())
         .def("shard_gradients", [](E& e, const carray<T>& x, const carray<T>& y, index_t step, index_t lo, index_t hi,
                                    bool with_penalties) {
-            const index_t n = rows_of(x, "x", e.layers()[0].in);
-            if (rows_of(y, "y", e.target_cols()) != n)
-                throw std::invalid_argument("x and y must have the same number of rows; received " +
-                                            std::to_string(n) + " and " + std::to_string(y.shape(0)) + ".");
+            const index_t n = batch_rows(e, x, y);
             return sums_to_dict(locked(e, [&] {
                 return e.shard_gradients(x.data(), y.data(), n, step, lo, hi, with_penalties);
             }));

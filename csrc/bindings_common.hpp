@@ -99,6 +99,13 @@ inline py::dict sums_to_dict(const EpochSums& s) {
 // milliseconds through the engine's interrupt check. On a signal, train_steps stops with
 // StopReason::Interrupted and the KeyboardInterrupt raised by the check is left set, for the
 // caller to re-raise (train_interruptibly) or hand back (train_epochs).
+// Whether Ctrl-C was pressed: Python's signal handlers run (the GIL taken for a moment); a
+// KeyboardInterrupt they raise is left set.
+inline bool python_interrupted() {
+    py::gil_scoped_acquire acquire;
+    return PyErr_CheckSignals() != 0;
+}
+
 template <typename E, typename F>
 auto run_interruptibly(E& e, F&& train) {
     py::gil_scoped_release release;
@@ -107,10 +114,7 @@ auto run_interruptibly(E& e, F&& train) {
         E& e;
         ~Reset() { e.set_interrupt_check(nullptr); }
     } reset{e};
-    e.set_interrupt_check([] {
-        py::gil_scoped_acquire acquire;
-        return PyErr_CheckSignals() != 0;
-    });
+    e.set_interrupt_check(python_interrupted);
     return train();
 }
 

@@ -1002,19 +1002,14 @@ Net3Kernel<T> narrow_net3_kernel(index_t K0, index_t N1, index_t N2, index_t C, 
     if (!((C == 2 && act == Act::Softmax) || (C == 1 && act == Act::Sigmoid))) return nullptr;
     if (K0 < 1 || K0 > 4 || N1 != N2 || (N1 != 4 && N1 != 8)) return nullptr;
     Net3Kernel<T> f = nullptr;
-    auto pick = [&](auto k0, auto n) {
-        constexpr int kK0 = decltype(k0)::value, kN = decltype(n)::value;
-        f = C == 1 ? narrow_net3_bce<kK0, kN, kN, 1, T> : narrow_net3_bce<kK0, kN, kN, 2, T>;
-    };
-    auto width = [&](auto k0) {
+    static_for<4>([&](auto i) {
+        constexpr int k0 = decltype(i)::value + 1;
+        if (K0 != k0) return;
         if (N1 == 4) {
-            pick(k0, std::integral_constant<int, 4>{});
+            f = C == 1 ? narrow_net3_bce<k0, 4, 4, 1, T> : narrow_net3_bce<k0, 4, 4, 2, T>;
         } else {
-            pick(k0, std::integral_constant<int, 8>{});
+            f = C == 1 ? narrow_net3_bce<k0, 8, 8, 1, T> : narrow_net3_bce<k0, 8, 8, 2, T>;
         }
-    };
-    with_group(K0, [&](auto G) {
-        if constexpr (decltype(G)::value <= 4) width(G);
     });
     return f;
 }

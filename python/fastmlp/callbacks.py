@@ -215,9 +215,14 @@ class History(Callback):
         self.epoch = []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch.append(epoch)
-        for k, v in (logs or {}).items():
-            self.history.setdefault(k, []).append(v)
+        self._record(range(epoch, epoch + 1), {k: [v] for k, v in (logs or {}).items()})
+
+    def _record(self, epochs, columns):
+        """Epochs and their logs, a list per key: on_epoch_end's for each epoch, at once (fit's
+        one-call path hands over all its epochs so)."""
+        self.epoch.extend(epochs)
+        for k, v in columns.items():
+            self.history.setdefault(k, []).extend(v)
         if self.model is not None:
             self.model.history = self
 

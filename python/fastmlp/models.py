@@ -5,8 +5,8 @@
 state in flat arenas; the layers' ``kernel`` and ``bias`` become views into that arena. ``fit``
 runs each epoch as one native call with the GIL released (in slices only when a live progress bar
 is shown, batch by batch only when a callback overrides a batch hook; all the epochs in one call
-when History is the only callback); Python handles History, progress and callbacks between epochs. ``save``/``load_model`` read and write Keras 3's ``.keras``
-files (``fastmlp.saving``).
+when History is the only callback); Python handles History, progress and callbacks between
+epochs. ``save``/``load_model`` read and write Keras 3's ``.keras`` files (``fastmlp.saving``).
 
 Threads: calls into one model's engine are serialized (a predict waits for the running batch), a
 second concurrent fit is refused, and get_weights/set_weights are taken between steps. The layers'
@@ -523,10 +523,10 @@ class Sequential:
         `callbacks` (``fastmlp.callbacks``) get Keras 3's hooks. Each epoch is one native call
         unless a callback overrides a batch hook; the engine then runs batch by batch, with the
         same results. With no callback but History, no progress bar (``verbose=0``) and no
-        validation, all the epochs are one native call, again with the same results. Shuffling is seeded per model (drawn from ``fastmlp.utils``'s generator at
-        the model's first fit) and per epoch of its life, and saved with it: a model saved after
-        k epochs, reloaded and trained with ``initial_epoch=k`` ends where uninterrupted training
-        does, bit for bit.
+        validation, all the epochs are one native call, again with the same results. Shuffling is
+        seeded per model (drawn from ``fastmlp.utils``'s generator at the model's first fit) and
+        per epoch of its life, and saved with it: a model saved after k epochs, reloaded and
+        trained with ``initial_epoch=k`` ends where uninterrupted training does, bit for bit.
 
         A batch whose loss is NaN or infinite ends training as Keras's ``TerminateOnNaN`` does, with
         a message naming the first layer whose gradient is not finite; that batch's update is not
@@ -673,7 +673,8 @@ class Sequential:
         ran = len(columns["loss"])
         self._shuffle_epochs += ran
         stop = last["stop"] if last is not None else ""
-        # The epochs that ended normally, their logs as _logs makes them, a column at a time.
+        # The epochs that ended normally: _logs's per-sample means, a column at a time (the one-call
+        # tests compare them with _logs's, epoch by epoch).
         whole = ran - (1 if stop else 0)
         n = np.maximum(columns["samples"][:whole], 1.0)
         weight_sum = columns["weight_sum"][:whole]
@@ -687,11 +688,7 @@ class Sequential:
             else:
                 logs[name] = total / n
         logs["loss"] = columns["loss"][:whole] / n
-        history = cbs.history
-        history.epoch.extend(range(initial_epoch, initial_epoch + whole))
-        for k, v in logs.items():
-            history.history.setdefault(k, []).extend(v.tolist())
-        self.history = history
+        cbs.history._record(range(initial_epoch, initial_epoch + whole), {k: v.tolist() for k, v in logs.items()})
         last_logs = {k: v[-1].item() for k, v in logs.items()} if whole else None
         if stop in ("nonfinite_loss", "nonfinite_weights"):
             epoch = initial_epoch + whole
