@@ -1,6 +1,6 @@
 """fastmlp's CUDA backend against PyTorch on the same GPU, side by side in one process.
 
-Workloads (float32, no TF32 anywhere: torch.backends.cuda.matmul.allow_tf32 = False):
+Workloads (float32, no TF32 anywhere: torch.set_float32_matmul_precision('highest')):
     seed    2-4-4-2 relu/relu/softmax, binary cross-entropy, SGD(momentum=0.99, decay=0.001), 10,000
             XOR samples, 200 epochs of batch 100 (20,000 steps). Target: the fit in at most 0.5 s.
     mnist   784-1024-1024-10 relu/relu/softmax, categorical cross-entropy, SGD(0.01, momentum=0.9),
@@ -200,9 +200,8 @@ def main(argv=None):
     if torch is not None and not torch.cuda.is_available():
         print("torch is installed without a usable CUDA: the torch columns are left out")
         torch = None
-    if torch is not None:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    if torch is not None:  # plain fp32 products, as fastmlp's (torch's default; set in case a site changed it)
+        torch.set_float32_matmul_precision("highest")
     print(f"device: {info['device']} (compute capability {info['compute_capability']}), driver "
           f"{info['driver_version']}, CUDA runtime {info['runtime_version']}, cuBLASLt {info['cublaslt_version']}")
     print(f"versions: python {platform.python_version()}, numpy {np.__version__}, fastmlp {fastmlp.__version__}"

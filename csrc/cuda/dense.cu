@@ -5,6 +5,7 @@
 #include <map>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "dense.cuh"
 
@@ -80,7 +81,7 @@ struct LtGemm::Impl {
     void* workspace = nullptr;
     cudaStream_t stream = nullptr;
     std::map<Key, Plan> plans;
-    std::map<Epilogue, bool> supported;  // what the heuristic said, for report()
+    std::map<Epilogue, std::pair<int, int>> supported;  // per epilogue: products that took it, products asked
 
     ~Impl() {
         int device = 0;
@@ -104,6 +105,13 @@ struct LtGemm::Impl {
         auto it = plans.find(key);
         if (it != plans.end()) return it->second;
         Plan& p = plans[key];
+        // cuBLASLt's alignment preferences cover A, B, C and D, not the bias, which its epilogue
+        // kernels may read as 16-byte vectors (PyTorch falls back likewise): a bias at a less
+        // aligned offset of the arena takes the plain product and BiasAct.
+        if (has_bias && alignment_of(g.bias) < 16) {
+            ++supported[e].second;
+            return p;
+        }
         const cudaDataType_t dt = LtTypes<T>::data;
         FASTMLP_LT_CHECK(cublasLtMatmulDescCreate(&p.desc, LtTypes<T>::compute, dt));
         const cublasOperation_t opa = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -140,10 +148,13 @@ struct LtGemm::Impl {
         // NOT_SUPPORTED, or no algorithm: this epilogue (or type) is not available here.
         p.ok = st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS &&
                result.workspaceSize <= kWorkspaceBytes;
-        if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) check_lt(st, "cublasLtMatmulAlgoGetHeuristic");
+        // An epilogue refused any other way (INVALID_VALUE for a type or layout it lacks, say) also
+        // falls back; only the plain product has nothing to fall back to.
+        if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED && e == Epilogue::None)
+            check_lt(st, "cublasLtMatmulAlgoGetHeuristic");
         if (p.ok) p.algo = result.algo;
-        auto s = supported.find(e);
-        supported[e] = (s == supported.end() ? true : s->second) && p.ok;
+        supported[e].first += p.ok ? 1 : 0;
+        ++supported[e].second;
         return p;
     }
 };
@@ -176,7 +187,8 @@ template bool LtGemm::run<double>(const GemmArgs<double>&, Epilogue, bool);
 std::string LtGemm::report() const {
     std::string out;
     for (const auto& kv : impl_->supported)
-        out += std::string(out.empty() ? "" : ", ") + epilogue_name(kv.first) + ": " + (kv.second ? "yes" : "no");
+        out += std::string(out.empty() ? "" : ", ") + epilogue_name(kv.first) + " " + std::to_string(kv.second.first) +
+               " of " + std::to_string(kv.second.second);
     return out;
 }
 

@@ -194,7 +194,7 @@ struct GpuDev {
         FASTMLP_CUDA_CHECK(cudaGetLastError());
     }
     std::size_t tiny_smem_limit() const { return smem_optin; }
-    std::string report() const { return "cuBLASLt epilogues supported here: " + lt->report(); }
+    std::string report() const { return "cuBLASLt epilogues taken, of the products that asked: " + lt->report(); }
 
     // CUDA Graphs of a step: capture what `enqueue` issues on the stream.
     template <class F>
