@@ -141,8 +141,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of data, weights and shuffling (default: %(default)s)")
     parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch's intra-op threads, for torch and keras (default: %(default)s, as the native "
-                             "engine runs on one core; at batch 100 x 4 units more threads only add synchronization)")
+                        help="torch's intra-op threads, for torch and keras (default: %(default)s: at batch 100 x 4 "
+                             "units more threads only add synchronization; the native engine steps on one core, "
+                             "and with two threads copies the next epoch's rows on the other)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.peer_repeats < 1:
         parser.error("--repeats and --peer-repeats must be at least 1")

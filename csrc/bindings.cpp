@@ -270,8 +270,15 @@ void bind_engine(py::module_& m, const char* name) {
             run_interruptibly(e, [&] {
                 using clock = std::chrono::steady_clock;
                 auto last_poll = clock::now();
+                struct EndPrefetch {  // on every way out: the copy reads x and y
+                    E& e;
+                    ~EndPrefetch() { e.end_prefetch(); }
+                } end_prefetch{e};
                 for (index_t i = 0; i < epochs; ++i) {
-                    e.begin_epoch(n, batch_size, shuffle, seed, first_epoch + static_cast<std::uint64_t>(i));
+                    const std::uint64_t epoch = first_epoch + static_cast<std::uint64_t>(i);
+                    e.begin_epoch(n, batch_size, shuffle, seed, epoch);
+                    // The next epoch's rows are copied on the other core while this one trains.
+                    if (i + 1 < epochs) e.prefetch_epoch(x.data(), y.data(), wp, n, batch_size, shuffle, seed, epoch + 1);
                     last = e.train_steps(x.data(), y.data(), n, 0, wp);
                     any = true;
                     loss.push_back(last.loss);

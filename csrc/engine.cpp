@@ -353,11 +353,15 @@ double Engine<T>::forward_backward(const T* X, const T* Y, const T* W, index_t B
 // One batch already gathered feature-major into bx_ (K0, L), by_ (yc, L) and W (L) or null, padding
 // lanes zero.
 template <typename T>
-double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums) {
+double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums,
+                                          int binary) {
     const bool fuse_output = fuse_output_ && this->fused_kernels_;
     if (net3_ && fuse_output && !W) {
+        // binary (0 or 1, or -1: not known) says whether by_'s targets are all 0 or 1; smoothed
+        // targets are checked here.
         const T* targets = loss_targets(by_, target_cols() * L);
-        if (all_binary(targets, layers_.back().out * L)) {
+        const bool known = binary >= 0 && targets == by_ && target_cols() == layers_.back().out;
+        if (known ? binary == 1 : all_binary(targets, layers_.back().out * L)) {
             const T* Wt[3];
             const T* bt[3];
             T* dWt[3];
@@ -441,15 +445,19 @@ double Engine<T>::forward_backward_narrow(index_t B, index_t L, const T* W, std:
 // metric sums.
 template <typename T>
 double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std::uint32_t* idx, index_t B,
-                                  std::vector<double>* metric_sums, const T* records) {
+                                  std::vector<double>* metric_sums, const T* records, const T* lanes, int binary) {
     const index_t K = layers_[0].in, yc = target_cols();
     if (records) {  // only the narrow path has them: the batch's B records, in order
         const index_t L = narrow_lanes<T>(B);
-        gather_lanes(lanes_.data(), records, record_width_, B, L);
-        bx_ = lanes_.data();
+        if (!lanes) {  // else gathered ahead (prefetch_epoch), with `binary` known
+            gather_lanes(lanes_.data(), records, record_width_, B, L);
+            lanes = lanes_.data();
+            binary = -1;
+        }
+        bx_ = lanes;
         by_ = bx_ + K * L;
         bw_ = W ? by_ + yc * L : nullptr;
-        return forward_backward_narrow(B, L, bw_, metric_sums);
+        return forward_backward_narrow(B, L, bw_, metric_sums, binary);
     }
     if (narrow_) {
         const index_t L = narrow_lanes<T>(B);
@@ -490,12 +498,12 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std:
 // (the batches are then gathered from X and Y directly).
 template <typename T>
 const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n) {
-    constexpr index_t kMaxRecordBytes = index_t(64) << 20;
     const index_t K = layers_[0].in, yc = target_cols();
-    const index_t width = round_up(K + yc + (W ? 1 : 0), 4);
-    if (!narrow_ || !this->fused_kernels_ || n * width * index_t(sizeof(T)) > kMaxRecordBytes) return nullptr;
+    const index_t width = records_width(W, n);
+    if (width == 0) return nullptr;
     if (!records_fresh_ || records_of_[0] != X || records_of_[1] != Y || records_of_[2] != W ||
         static_cast<index_t>(records_.size()) != n * width) {
+        lanes_ready_ = false;  // prefetched batches of other arrays
         record_width_ = width;
         records_.resize(n * width);
         pack_records(records_.data(), width, X, K, Y, yc, W, n);
@@ -508,6 +516,66 @@ const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n)
     const index_t L = narrow_lanes<T>(std::min(batch_size_, n));
     if (static_cast<index_t>(lanes_.size()) < width * L) lanes_.resize(width * L);
     return records_.data();
+}
+
+// A record's width (inputs, targets, then the sample weight when W, padded to 4), or 0 where the
+// epoch's rows are not copied into records (not the narrow path, or over 64 MB).
+template <typename T>
+index_t Engine<T>::records_width(const T* W, index_t n) const {
+    constexpr index_t kMaxRecordBytes = index_t(64) << 20;
+    const index_t width = round_up(layers_[0].in + target_cols() + (W ? 1 : 0), 4);
+    if (!narrow_ || !this->fused_kernels_ || n * width * index_t(sizeof(T)) > kMaxRecordBytes) return 0;
+    return width;
+}
+
+// Epoch `epoch`'s swaps and records (epoch_records' making of them, the same calls) on worker_,
+// into next_, while the caller trains the current epoch. A second core does this work, so the
+// caller's epochs are shorter by it; the bits are the same.
+template <typename T>
+void Engine<T>::prefetch_epoch(const T* X, const T* Y, const T* W, index_t n, index_t batch_size, bool shuffle,
+                               std::uint64_t seed, std::uint64_t epoch) {
+    const index_t width = n > 0 && n < (index_t(1) << 32) && batch_size > 0 ? records_width(W, n) : 0;
+    if (width == 0 || num_threads() < 2) return;
+    if (!worker_) worker_.reset(new BackgroundWorker);
+    worker_->finish();  // a copy no begin_epoch took (not in train_epochs): its job reads next_
+    next_.pending = true;
+    next_.shuffle = shuffle;
+    next_.seed = seed;
+    next_.epoch = epoch;
+    next_.n = n;
+    next_.batch_size = batch_size;
+    next_.width = width;
+    next_.lanes = narrow_lanes<T>(std::min(batch_size, n));
+    next_.of[0] = X;
+    next_.of[1] = Y;
+    next_.of[2] = W;
+    const index_t K = layers_[0].in, yc = target_cols();
+    worker_->start([this, X, Y, W, K, yc] {
+        NextEpoch& e = next_;
+        e.records.resize(e.n * e.width);
+        pack_records(e.records.data(), e.width, X, K, Y, yc, W, e.n);
+        if (e.shuffle) {
+            shuffle_swaps(e.swaps, e.n, e.seed, e.epoch);
+            swap_records(e.records.data(), e.width, e.swaps);
+        }
+        // batch_gradients' gather of each batch, and forward_backward_narrow's check of its targets.
+        const index_t steps = (e.n - 1) / e.batch_size + 1;
+        e.batches.resize(steps * e.width * e.lanes);
+        e.binary.resize(steps);
+        for (index_t s = 0; s < steps; ++s) {
+            const index_t B = std::min(e.batch_size, e.n - s * e.batch_size), L = narrow_lanes<T>(B);
+            T* out = e.batches.data() + s * e.width * e.lanes;
+            gather_lanes(out, e.records.data() + s * e.batch_size * e.width, e.width, B, L);
+            e.binary[s] = all_binary(out + K * L, yc * L) ? 1 : 0;
+        }
+    });
+}
+
+template <typename T>
+void Engine<T>::end_prefetch() noexcept {
+    if (!worker_) return;
+    worker_.reset();  // finishes a copy in progress and joins the thread: none stays between calls
+    next_.pending = false;
 }
 
 // The fused optimizer update over the whole arena, split over the pool; false if a weight became
@@ -531,13 +599,34 @@ void Engine<T>::begin_epoch(index_t n, index_t batch_size, bool shuffle, std::ui
     require(batch_size > 0, "batch_size must be a positive integer; received " + std::to_string(batch_size) + ".");
     require(n < (index_t(1) << 32), "At most 2**32 - 1 samples per fit; received " + std::to_string(n) + ".");
     // The swaps only: the order itself is made when a path asks for it (epoch_order); the narrow
-    // path's records take the swaps directly (epoch_records).
-    if (shuffle) shuffle_swaps(swaps_, n, seed, epoch);
+    // path's records take the swaps directly (epoch_records). Or both from prefetch_epoch, when it
+    // made this epoch: records_fresh_ then says they are ready for the arrays it read.
+    bool prefetched = false;
+    if (next_.pending) {
+        next_.pending = false;
+        worker_->finish();  // done by the other thread by now, or run here if it has not begun
+        prefetched = next_.n == n && next_.shuffle == shuffle && next_.seed == seed && next_.epoch == epoch;
+    }
+    lanes_ready_ = false;
+    if (prefetched) {
+        swaps_.swap(next_.swaps);
+        records_.swap(next_.records);
+        record_width_ = next_.width;
+        for (int i = 0; i < 3; ++i) records_of_[i] = next_.of[i];
+        if (next_.batch_size == batch_size) {
+            batch_lanes_.swap(next_.batches);
+            batch_binary_.swap(next_.binary);
+            batch_stride_ = next_.width * next_.lanes;
+            lanes_ready_ = true;
+        }
+    } else if (shuffle) {
+        shuffle_swaps(swaps_, n, seed, epoch);
+    }
     shuffled_ = shuffle;
     order_ready_ = false;
     epoch_n_ = n;
     batch_size_ = batch_size;
-    records_fresh_ = false;  // the data is read again at the epoch's first train_steps
+    records_fresh_ = prefetched;  // else the data is read again at the epoch's first train_steps
     sums_ = EpochSums{};
     sums_.metrics.assign(metrics_.size(), 0.0);
     sums_.steps_total = (n - 1) / batch_size + 1;
@@ -580,10 +669,17 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
         const index_t B = std::min(batch_size_, n - start);
         const std::uint32_t* idx = order ? order + start : nullptr;
         std::fill(step_metrics.begin(), step_metrics.end(), 0.0);
+        if (lanes_ready_ && step + 1 < end) {
+            // The next batch was written by the other core: fetch it while this one trains.
+            const char* next = reinterpret_cast<const char*>(batch_lanes_.data() + (step + 1) * batch_stride_);
+            for (index_t b = 0; b < batch_stride_ * index_t(sizeof(T)); b += 64) __builtin_prefetch(next + b);
+        }
         // The batch's loss, as Keras reports it: the mean over its samples plus the weight
         // penalties (computed with the weights before this update), times B for the epoch's sum.
         const double loss =
-            batch_gradients(X, Y, W, idx, B, &step_metrics, records ? records + start * record_width_ : nullptr) +
+            batch_gradients(X, Y, W, idx, B, &step_metrics, records ? records + start * record_width_ : nullptr,
+                            lanes_ready_ ? batch_lanes_.data() + step * batch_stride_ : nullptr,
+                            lanes_ready_ ? batch_binary_[step] : -1) +
             double(B) * penalties(true);
         if (!std::isfinite(loss)) {
             // TerminateOnNaN, but the weights stay those before this batch.

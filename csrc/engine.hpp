@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "dense.hpp"
 #include "engine_api.hpp"
 #include "narrow.hpp"
+#include "parallel.hpp"
 
 FASTMLP_ISA_BEGIN
 
@@ -21,6 +23,10 @@ public:
     const char* isa() const override;
     void begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) override;
     EpochSums train_steps(const T* X, const T* Y, index_t n, index_t max_steps, const T* W = nullptr) override;
+    void prefetch_epoch(const T* X, const T* Y, const T* W, index_t n, index_t batch_size, bool shuffle,
+                        std::uint64_t seed, std::uint64_t epoch) override;
+    void end_prefetch() noexcept override;
+    ~Engine() override { end_prefetch(); }
     void predict(const T* X, index_t n, T* out, index_t batch_size) override;
     EpochSums evaluate(const T* X, const T* Y, index_t n, index_t batch_size, const T* W = nullptr) override;
     double compute_gradients(const T* X, const T* Y, index_t n, const T* W = nullptr) override;
@@ -52,10 +58,13 @@ private:
     const T* forward(const T* X, index_t B, std::vector<std::vector<T>>& acts, std::vector<T>& bn_in_out);
     const T* forward_train(const T* X, index_t B);
     double forward_backward(const T* X, const T* Y, const T* W, index_t B, std::vector<double>* metric_sums);
-    double forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums);
+    double forward_backward_narrow(index_t B, index_t L, const T* W, std::vector<double>* metric_sums,
+                                   int binary = -1);
     double batch_gradients(const T* X, const T* Y, const T* W, const std::uint32_t* idx, index_t B,
-                           std::vector<double>* metric_sums, const T* records = nullptr);
+                           std::vector<double>* metric_sums, const T* records = nullptr, const T* lanes = nullptr,
+                           int binary = -1);
     const T* epoch_records(const T* X, const T* Y, const T* W, index_t n);
+    index_t records_width(const T* W, index_t n) const;
     const std::uint32_t* epoch_order();
     void add_metrics(std::vector<double>& sums, const T* P, const T* Y, const T* W, index_t B, index_t L);
     double weight_total(const T* W, index_t B) const;
@@ -130,6 +139,26 @@ private:
     bool shuffled_ = false, order_ready_ = false;
     index_t epoch_n_ = 0, batch_size_ = 0;
     EpochSums sums_;
+
+    // The epoch prefetch_epoch is making on worker_: its arguments, then its swaps, records, and
+    // its batches gathered as the narrow kernels read them (gather_lanes: batch s at s * width *
+    // lanes) with whether each one's targets are all 0 or 1 (binary). begin_epoch swaps them in
+    // (batch_lanes_, batch_binary_: valid while lanes_ready_). worker_ is declared last: destroyed
+    // first, it finishes the job before the buffers it writes go away.
+    struct NextEpoch {
+        bool pending = false, shuffle = false;
+        std::uint64_t seed = 0, epoch = 0;
+        index_t n = 0, batch_size = 0, width = 0, lanes = 0;
+        const T* of[3] = {};
+        std::vector<std::uint32_t> swaps;
+        std::vector<T> records, batches;
+        std::vector<std::uint8_t> binary;
+    } next_;
+    std::vector<T> batch_lanes_;
+    std::vector<std::uint8_t> batch_binary_;
+    index_t batch_stride_ = 0;
+    bool lanes_ready_ = false;
+    std::unique_ptr<BackgroundWorker> worker_;
 };
 
 template <typename T>

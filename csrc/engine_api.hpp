@@ -102,6 +102,16 @@ public:
     // data as it was then, even when a per-batch callback changes the arrays in place.
     virtual void begin_epoch(index_t n, index_t batch_size, bool shuffle, std::uint64_t seed, std::uint64_t epoch) = 0;
     virtual EpochSums train_steps(const T* X, const T* Y, index_t n, index_t max_steps, const T* W = nullptr) = 0;
+    // Overlap (train_epochs): start making epoch `epoch`'s copy of the rows, in batches as the
+    // kernels read them, on a background thread while the current epoch trains; that epoch's
+    // begin_epoch (with these n, batch_size, shuffle, seed and epoch) and train_steps (with these
+    // arrays, unchanged until then) take it instead of making it. Changes no result; does nothing
+    // where the engine copies no rows or has one thread. end_prefetch waits for a copy in progress
+    // and drops it: call it before the arrays go away.
+    virtual void prefetch_epoch(const T* /*X*/, const T* /*Y*/, const T* /*W*/, index_t /*n*/,
+                                index_t /*batch_size*/, bool /*shuffle*/, std::uint64_t /*seed*/,
+                                std::uint64_t /*epoch*/) {}
+    virtual void end_prefetch() noexcept {}
     // Inference (batch normalizations use their moving statistics): out (n, out_last) overwritten.
     // evaluate returns loss and metric sums over n.
     virtual void predict(const T* X, index_t n, T* out, index_t batch_size) = 0;

@@ -6,6 +6,9 @@
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -219,6 +222,115 @@ void parallel_for(int ntasks, void (*fn)(void*, int), void* ctx) {
     if (ntasks <= 0) return;
     if (ntasks == 1 || num_threads() == 1 || !pool().run(ntasks, fn, ctx))
         for (int i = 0; i < ntasks; ++i) fn(ctx, i);
+}
+
+struct BackgroundWorker::State {
+    enum : int { kIdle, kPosted, kRunning, kDone };
+    std::atomic<int> stage{kIdle};  // the job's: posted, then claimed (by the thread or the caller), then done
+    std::atomic<bool> sleeping{false}, quit{false};
+    std::mutex m;
+    std::condition_variable cv;
+    std::function<void()> job;
+    std::exception_ptr error;
+    std::thread thread;
+
+    void run() {
+        try {
+            job();
+        } catch (...) {
+            error = std::current_exception();
+        }
+        job = nullptr;
+    }
+
+    bool posted() const { return stage.load() == kPosted || quit.load(); }
+
+    void loop() {
+        using clock = std::chrono::steady_clock;
+        for (;;) {
+            const auto since = clock::now();
+            for (int i = 0; !posted(); ++i) {
+                const auto waited = clock::now() - since;
+                if (waited > std::chrono::microseconds(kSpinMicros)) break;
+                if (waited > std::chrono::microseconds(50)) {
+                    std::this_thread::yield();
+                } else {
+#if defined(__SSE2__)
+                    _mm_pause();
+#endif
+                }
+            }
+            if (!posted()) {
+                std::unique_lock<std::mutex> lock(m);
+                sleeping.store(true);
+                cv.wait(lock, [&] { return posted(); });
+                sleeping.store(false);
+            }
+            int expected = kPosted;
+            if (stage.compare_exchange_strong(expected, kRunning)) {
+                run();
+                stage.store(kDone);
+            } else if (quit.load()) {
+                return;
+            }
+        }
+    }
+};
+
+BackgroundWorker::BackgroundWorker() : s_(new State) {
+    s_->thread = std::thread([st = s_.get()] { st->loop(); });
+}
+
+BackgroundWorker::~BackgroundWorker() {
+    int expected = State::kPosted;
+    if (s_->stage.compare_exchange_strong(expected, State::kIdle)) {
+        s_->job = nullptr;  // not begun: dropped
+    } else {
+        try {
+            finish();
+        } catch (...) {  // a failed job's error: nobody asked for it
+        }
+    }
+    s_->quit.store(true);
+    {
+        std::lock_guard<std::mutex> lock(s_->m);
+    }
+    s_->cv.notify_all();
+    s_->thread.join();
+}
+
+void BackgroundWorker::start(std::function<void()> job) {
+    finish();
+    s_->job = std::move(job);
+    s_->stage.store(State::kPosted);
+    if (s_->sleeping.load()) {  // seq_cst with the thread's store and check: it cannot miss the job
+        std::lock_guard<std::mutex> lock(s_->m);
+        s_->cv.notify_all();
+    }
+}
+
+void BackgroundWorker::finish() {
+    int expected = State::kPosted;
+    if (s_->stage.compare_exchange_strong(expected, State::kRunning)) {
+        s_->run();  // not begun: the caller runs it
+    } else if (expected == State::kRunning) {
+        // The thread runs it now: its last part, spinning (then yielding the core).
+        for (int i = 0; s_->stage.load() != State::kDone; ++i) {
+            if (i < 4096) {
+#if defined(__SSE2__)
+                _mm_pause();
+#endif
+            } else {
+                std::this_thread::yield();
+            }
+        }
+    }
+    s_->stage.store(State::kIdle);
+    if (s_->error) {
+        std::exception_ptr err = s_->error;
+        s_->error = nullptr;
+        std::rethrow_exception(err);
+    }
 }
 
 }  // namespace fastmlp

@@ -12,6 +12,8 @@
 // process needs.
 #pragma once
 
+#include <functional>
+#include <memory>
 #include <type_traits>
 
 namespace fastmlp {
@@ -38,5 +40,31 @@ inline void parallel_for(int ntasks, F&& f) {
     parallel_for(ntasks, [](void* ctx, int i) { (*static_cast<Fn*>(ctx))(i); },
                  const_cast<void*>(static_cast<const void*>(&f)));
 }
+
+// One background thread for work that overlaps the caller's own (train_epochs makes the next
+// epoch's shuffled rows on it while the current epoch trains). start(job) posts a job and returns
+// at once; finish() returns once it is done, and rethrows its exception: a job the thread has not
+// begun (its core busy with another process, say) is taken back and run by the caller, so the
+// caller never waits for a thread that is not running. Between jobs the thread polls for up to
+// kSpinMicros (pausing, then yielding the core), so that a job posted soon after needs no system
+// call to wake it, then sleeps on a condition variable. One job at a time (start finishes the
+// previous one first); not for use from several threads. The destructor drops a job not begun,
+// waits for one in progress, and joins the thread.
+class BackgroundWorker {
+public:
+    static constexpr int kSpinMicros = 500;
+
+    BackgroundWorker();
+    ~BackgroundWorker();
+    BackgroundWorker(const BackgroundWorker&) = delete;
+    BackgroundWorker& operator=(const BackgroundWorker&) = delete;
+
+    void start(std::function<void()> job);
+    void finish();
+
+private:
+    struct State;
+    std::unique_ptr<State> s_;
+};
 
 }  // namespace fastmlp

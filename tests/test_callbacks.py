@@ -183,6 +183,37 @@ def test_whole_fit_in_one_native_call_is_the_epoch_by_epoch_fit(weighted):
     assert fast[2] == [0, 1, 2, 3] and fast[4] == [2, 3, 4] and fast[5]
 
 
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "unshuffled"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_call_fit_makes_the_next_epoch_on_another_thread_to_the_same_bits(shuffle, threads):
+    # With 2 threads or more, train_epochs copies and shuffles the next epoch's rows on a
+    # background thread while the current epoch trains (the seed network's narrow path). The
+    # weights and History equal those of epoch-by-epoch fits on one thread, which copy each epoch
+    # in turn, over three fits on the same engine (the last of one epoch: nothing to copy ahead).
+    # A fit that stops with a copy made for an epoch that never runs: the nonfinite test below.
+    x, y = xor_data(300)
+    previous = fastmlp.get_num_threads()
+    runs = []
+    try:
+        for n_threads, cbs in ((threads, []), (1, [callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)])):
+            fastmlp.set_num_threads(n_threads)
+            fastmlp.utils.set_random_seed(21)
+            model = seed_model(metrics=["accuracy"])
+            counter = CountingEngine(model)
+            histories = []
+            for epochs in (4, 3, 1):
+                histories.append(model.fit(x, y, epochs=epochs, batch_size=40, shuffle=shuffle, callbacks=cbs,
+                                           verbose=0).history)
+            runs.append((model.get_weights(), histories, counter.calls))
+    finally:
+        fastmlp.set_num_threads(previous)
+    fast, slow = runs
+    assert fast[2] == [("epochs", 4), ("epochs", 3), ("epochs", 1)] and slow[2] == [0] * 8
+    for a, b in zip(fast[0], slow[0]):
+        np.testing.assert_array_equal(a, b)
+    assert fast[1] == slow[1]
+
+
 @pytest.mark.parametrize("on_nonfinite", ["stop", "raise"])
 def test_whole_fit_in_one_native_call_stops_on_nonfinite_as_the_epoch_by_epoch_fit(on_nonfinite, capsys):
     # A linear network whose weights overflow in the second epoch: the one-call fit stops where
