@@ -94,11 +94,6 @@ inline py::dict sums_to_dict(const EpochSums& s) {
     return d;
 }
 
-// Runs train() with the GIL released and the engine's mutex held, and returns what it returns.
-// Ctrl-C: Python's handler only sets a flag; polling it needs the GIL, taken for a moment every few
-// milliseconds through the engine's interrupt check. On a signal, train_steps stops with
-// StopReason::Interrupted and the KeyboardInterrupt raised by the check is left set, for the
-// caller to re-raise (train_interruptibly) or hand back (train_epochs).
 // Whether Ctrl-C was pressed: Python's signal handlers run (the GIL taken for a moment); a
 // KeyboardInterrupt they raise is left set.
 inline bool python_interrupted() {
@@ -106,6 +101,11 @@ inline bool python_interrupted() {
     return PyErr_CheckSignals() != 0;
 }
 
+// Runs train() with the GIL released and the engine's mutex held, and returns what it returns.
+// Ctrl-C: Python's handler only sets a flag; polling it needs the GIL, taken for a moment every few
+// milliseconds through the engine's interrupt check. On a signal, train_steps stops with
+// StopReason::Interrupted and the KeyboardInterrupt raised by the check is left set, for the
+// caller to re-raise (train_interruptibly) or hand back (train_epochs).
 template <typename E, typename F>
 auto run_interruptibly(E& e, F&& train) {
     py::gil_scoped_release release;

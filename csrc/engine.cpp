@@ -498,16 +498,13 @@ double Engine<T>::batch_gradients(const T* X, const T* Y, const T* W, const std:
 // (the batches are then gathered from X and Y directly).
 template <typename T>
 const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n) {
-    const index_t K = layers_[0].in, yc = target_cols();
     const index_t width = records_width(W, n);
     if (width == 0) return nullptr;
     if (!records_fresh_ || records_of_[0] != X || records_of_[1] != Y || records_of_[2] != W ||
         static_cast<index_t>(records_.size()) != n * width) {
         lanes_ready_ = false;  // prefetched batches of other arrays
         record_width_ = width;
-        records_.resize(n * width);
-        pack_records(records_.data(), width, X, K, Y, yc, W, n);
-        if (shuffled_) swap_records(records_.data(), width, swaps_);
+        make_records(records_, width, X, Y, W, n, shuffled_ ? &swaps_ : nullptr);
         records_of_[0] = X;
         records_of_[1] = Y;
         records_of_[2] = W;
@@ -516,6 +513,15 @@ const T* Engine<T>::epoch_records(const T* X, const T* Y, const T* W, index_t n)
     const index_t L = narrow_lanes<T>(std::min(batch_size_, n));
     if (static_cast<index_t>(lanes_.size()) < width * L) lanes_.resize(width * L);
     return records_.data();
+}
+
+// R := the n rows as records of `width` (pack_records), in the epoch's order when swaps is not null.
+template <typename T>
+void Engine<T>::make_records(std::vector<T>& R, index_t width, const T* X, const T* Y, const T* W, index_t n,
+                             const std::vector<std::uint32_t>* swaps) const {
+    R.resize(n * width);
+    pack_records(R.data(), width, X, layers_[0].in, Y, target_cols(), W, n);
+    if (swaps) swap_records(R.data(), width, *swaps);
 }
 
 // A record's width (inputs, targets, then the sample weight when W, padded to 4), or 0 where the
@@ -552,12 +558,8 @@ void Engine<T>::prefetch_epoch(const T* X, const T* Y, const T* W, index_t n, in
     const index_t K = layers_[0].in, yc = target_cols();
     worker_->start([this, X, Y, W, K, yc] {
         NextEpoch& e = next_;
-        e.records.resize(e.n * e.width);
-        pack_records(e.records.data(), e.width, X, K, Y, yc, W, e.n);
-        if (e.shuffle) {
-            shuffle_swaps(e.swaps, e.n, e.seed, e.epoch);
-            swap_records(e.records.data(), e.width, e.swaps);
-        }
+        if (e.shuffle) shuffle_swaps(e.swaps, e.n, e.seed, e.epoch);
+        make_records(e.records, e.width, X, Y, W, e.n, e.shuffle ? &e.swaps : nullptr);
         // batch_gradients' gather of each batch, and forward_backward_narrow's check of its targets.
         const index_t steps = (e.n - 1) / e.batch_size + 1;
         e.batches.resize(steps * e.width * e.lanes);
@@ -669,11 +671,6 @@ EpochSums Engine<T>::train_steps(const T* X, const T* Y, index_t n, index_t max_
         const index_t B = std::min(batch_size_, n - start);
         const std::uint32_t* idx = order ? order + start : nullptr;
         std::fill(step_metrics.begin(), step_metrics.end(), 0.0);
-        if (lanes_ready_ && step + 1 < end) {
-            // The next batch was written by the other core: fetch it while this one trains.
-            const char* next = reinterpret_cast<const char*>(batch_lanes_.data() + (step + 1) * batch_stride_);
-            for (index_t b = 0; b < batch_stride_ * index_t(sizeof(T)); b += 64) __builtin_prefetch(next + b);
-        }
         // The batch's loss, as Keras reports it: the mean over its samples plus the weight
         // penalties (computed with the weights before this update), times B for the epoch's sum.
         const double loss =

@@ -65,6 +65,8 @@ private:
                            int binary = -1);
     const T* epoch_records(const T* X, const T* Y, const T* W, index_t n);
     index_t records_width(const T* W, index_t n) const;
+    void make_records(std::vector<T>& R, index_t width, const T* X, const T* Y, const T* W, index_t n,
+                      const std::vector<std::uint32_t>* swaps) const;
     const std::uint32_t* epoch_order();
     void add_metrics(std::vector<double>& sums, const T* P, const T* Y, const T* W, index_t B, index_t L);
     double weight_total(const T* W, index_t B) const;

@@ -249,7 +249,7 @@ struct BackgroundWorker::State {
         using clock = std::chrono::steady_clock;
         for (;;) {
             const auto since = clock::now();
-            for (int i = 0; !posted(); ++i) {
+            while (!posted()) {
                 const auto waited = clock::now() - since;
                 if (waited > std::chrono::microseconds(kSpinMicros)) break;
                 if (waited > std::chrono::microseconds(50)) {
