@@ -5,11 +5,12 @@ MLP's at batch 256 (forward, dW = X^T dZ and dX = dZ W^T), and squares from 64 t
 
 fastmlp is timed in C++ (``fastmlp._core.kernels.gemm(..., repeats=n)`` runs the product n times
 between two clock reads, without the Python call); numpy.matmul is timed from Python, as it is
-called. Each result is first checked against float64 NumPy; then every fastmlp timing runs, then
-every numpy one (interleaved, OpenBLAS's spinning threads took the second core from fastmlp's
-worker and halved some of its figures). Both use the same number of threads
-(--threads; default: fastmlp's default, the CPUs available). Reported: GFLOP/s (2*M*N*K / time,
-best of --repeats) and the ratio fastmlp / numpy.
+called. Each result is first checked against float64 NumPy. Then --repeats rounds, each timing
+every shape on fastmlp and then every shape on numpy (call by call, OpenBLAS's spinning threads took
+the second core from fastmlp's worker and halved some of its figures; in one block per side, a
+change in the machine's speed between the blocks decided the ratios). Both use the same number of
+threads (--threads; default: fastmlp's default, the CPUs available). Reported: GFLOP/s
+(2*M*N*K / time, best of the rounds) and the ratio fastmlp / numpy.
 
 Run:
     python benches/bench_gemm.py [--threads 2] [--repeats 5] [--isa avx2]
@@ -55,7 +56,7 @@ def time_numpy(a, b, ta, tb, reps, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="threads for both (default: fastmlp's default)")
-    parser.add_argument("--repeats", type=int, default=5, help="timings per shape, best kept (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds, each timing every shape on both sides; the best kept (default: %(default)s)")
     parser.add_argument("--isa", default="", help="fastmlp variant (default: the best this CPU runs)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -66,17 +67,11 @@ def main(argv=None):
     isa = args.isa or fastmlp.cpu_info()["isa"]
     print(f"machine: {platform.machine()} {cpu_name()}, os.cpu_count()={os.cpu_count()}, {platform.platform()}")
     print(f"versions: numpy {np.__version__}, fastmlp {fastmlp.__version__} ({isa}); {threads} threads for both")
-    peak = max(kernels.fma_peak(isa, 20_000_000) for _ in range(3))
-    print(f"fp32 FMA peak measured on {threads} threads: {peak:.0f} GFLOP/s")
+    peak = max(kernels.fma_peak(isa, 20_000_000) for _ in range(3))  # measured again in every round
     rng = np.random.default_rng(0)
-    header = f"{'shape':<20} {'M x N x K':>18} {'fastmlp GF/s':>13} {'numpy GF/s':>11} {'fastmlp/numpy':>14} {'% peak':>7}"
-    print(header)
-    print("-" * len(header))
     failed = False
     with threadpool_limits(limits=threads, user_api="blas"):
-        # Checks first, then all of fastmlp's timings, then all of numpy's: OpenBLAS's threads keep
-        # spinning for a while after each call, and would take the cores from fastmlp's threads if
-        # the two were interleaved (fastmlp's workers sleep 50 us after a product).
+        # Checks first, then the timings.
         cases = []
         for name, M, N, K, ta, tb in SEED + MLP + SQUARES:
             a, b = operands(rng, M, N, K, ta, tb)
@@ -87,18 +82,33 @@ def main(argv=None):
                 failed = True
                 continue
             cases.append((name, M, N, K, ta, tb, a, b))
-        time.sleep(0.5)  # OpenBLAS's threads go back to sleep
-        ours = {}
-        for name, M, N, K, ta, tb, a, b in cases:
-            reps = max(1, int(2e8 / (2.0 * M * N * K)))
-            ours[name] = min(kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa, repeats=reps)[1]
-                             for _ in range(args.repeats))
+        # Rounds: all of fastmlp's timings, then all of numpy's, --repeats times, the best of
+        # each kept. This machine's speed changes by up to 2x from one second to the next (another
+        # tenant on the host's cores), so one side's timings all together and then the other's
+        # would compare different machines. Within a round, the sides are apart: OpenBLAS's
+        # threads keep spinning for a while after each call, and would take the cores from
+        # fastmlp's threads if the two were interleaved (fastmlp's workers sleep 50 us after a
+        # product).
+        ours, theirs = {}, {}
+        for _ in range(args.repeats):
+            time.sleep(0.3)  # OpenBLAS's threads go back to sleep
+            peak = max(peak, kernels.fma_peak(isa, 20_000_000))
+            for name, M, N, K, ta, tb, a, b in cases:
+                reps = max(1, int(2e8 / (2.0 * M * N * K)))
+                t = kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa, repeats=reps)[1]
+                ours[name] = min(ours.get(name, t), t)
+            for name, M, N, K, ta, tb, a, b in cases:
+                reps = max(1, int(2e8 / (2.0 * M * N * K)))
+                t = time_numpy(a, b, ta, tb, reps, 1)
+                theirs[name] = min(theirs.get(name, t), t)
+        print(f"fp32 FMA peak measured on {threads} threads: {peak:.0f} GFLOP/s (the best of every round's)")
+        header = f"{'shape':<20} {'M x N x K':>18} {'fastmlp GF/s':>13} {'numpy GF/s':>11} {'fastmlp/numpy':>14} {'% peak':>7}"
+        print(header)
+        print("-" * len(header))
         for name, M, N, K, ta, tb, a, b in cases:
             flops = 2.0 * M * N * K
-            reps = max(1, int(2e8 / flops))
-            theirs = time_numpy(a, b, ta, tb, reps, args.repeats)
-            print(f"{name:<20} {f'{M} x {N} x {K}':>18} {flops / ours[name] / 1e9:>13.2f} {flops / theirs / 1e9:>11.2f} "
-                  f"{theirs / ours[name]:>13.2f}x {100 * flops / ours[name] / 1e9 / peak:>6.1f}%", flush=True)
+            print(f"{name:<20} {f'{M} x {N} x {K}':>18} {flops / ours[name] / 1e9:>13.2f} {flops / theirs[name] / 1e9:>11.2f} "
+                  f"{theirs[name] / ours[name]:>13.2f}x {100 * flops / ours[name] / 1e9 / peak:>6.1f}%", flush=True)
     print("(fastmlp/numpy = numpy's time / fastmlp's; fastmlp timed in C++, numpy from Python)")
     return 1 if failed else 0
 

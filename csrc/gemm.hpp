@@ -94,12 +94,21 @@ inline Simd<double>::vec splat(double x) {
 #endif
 }
 
-// Register tile: kMR rows by kNV vectors (6 x 16 floats on AVX2: 12 accumulators, as BLIS's
-// haswell kernel). Block sizes, measured on Zen 4 (1 MB L2) with 2 threads: K in equal blocks of at
-// most 512, 96-row blocks of A (one in L2 while B's micro-panels stream past it), and up to 3072
-// columns of B per packed block. FASTMLP_GEMM_KC/MC/NC override them for such experiments; the
-// results do not depend on them.
-constexpr int kMR = 6;
+// Register tile: kMR rows by kNV vectors. AVX2 (16 vector registers): 6 x 16 floats, 12
+// accumulators, as BLIS's haswell kernel. AVX-512 (32 registers): 12 x 32 floats, 24 accumulators,
+// so that each B vector loaded feeds 12 multiply-adds instead of 6 (on a Sapphire Rapids VM, 6 and
+// 12 rows measured alike within its noise; 12 halves the loads per multiply-add). Block sizes,
+// measured on Zen 4 (1 MB L2) with 2 threads: K in equal blocks of at most 512, 96-row blocks of A
+// (one in L2 while B's micro-panels stream past it), and up to 3072 columns of B per packed block.
+// FASTMLP_GEMM_MR/KC/MC/NC override them for such experiments; the results do not depend on them.
+#ifndef FASTMLP_GEMM_MR
+#if FASTMLP_VEC_BYTES == 64
+#define FASTMLP_GEMM_MR 12
+#else
+#define FASTMLP_GEMM_MR 6
+#endif
+#endif
+constexpr int kMR = FASTMLP_GEMM_MR;
 constexpr int kNV = 2;
 template <typename T>
 constexpr index_t gemm_nr() {
@@ -117,6 +126,11 @@ constexpr index_t kNC = FASTMLP_GEMM_NC;
 constexpr index_t kParallelMacs = index_t(1) << 18;
 // The largest A (M * K elements, 4 MB of float) packed once and shared by the threads.
 constexpr index_t kSharedPackA = index_t(1) << 20;
+#ifndef FASTMLP_GEMM_TASKS
+#define FASTMLP_GEMM_TASKS 8
+#endif
+constexpr index_t kTasksPerThread = FASTMLP_GEMM_TASKS;
+constexpr index_t kMinStripPanels = 2;
 
 #if FASTMLP_VEC_BYTES >= 32
 // r[i] := (r0[i], r1[i], ..., r7[i]): the 8x8 transpose of eight float vectors of 8.
@@ -139,19 +153,36 @@ __attribute__((always_inline)) inline void transpose8x8(__m256 r[8]) {
 }
 
 // pack_a's kMR-row panel of a row-major A (acs == 1), eight p at a time: d[p kMR + r] := a[r ars + p]
-// for p < kc rounded down to 8; returns that count. Each column but the last is stored as a whole
-// vector whose two spare lanes the next store overwrites.
+// for p < kc rounded down to 8; returns that count. The rows go through 8x8 transposes, eight
+// rows at a time; a last group of fewer rows is stored as a whole vector whose spare lanes the
+// next column's first store overwrites, except in the eighth column, stored exactly.
 inline index_t pack_a_rows8(float* d, const float* a, index_t ars, index_t kc) {
-    static_assert(kMR == 6, "six rows and two spare lanes");
+    static_assert(kMR % 2 == 0, "groups of rows stored in whole pairs");
+    constexpr int kGroups = (kMR + 7) / 8, kLast = kMR - 8 * (kGroups - 1);
     const index_t whole = kc / 8 * 8;
     for (index_t p = 0; p < whole; p += 8) {
-        __m256 r[8];
-        for (int i = 0; i < kMR; ++i) r[i] = _mm256_loadu_ps(a + i * ars + p);
-        r[6] = r[7] = _mm256_setzero_ps();
-        transpose8x8(r);
-        for (int i = 0; i < 7; ++i) _mm256_storeu_ps(d + (p + i) * kMR, r[i]);
-        _mm_storeu_ps(d + (p + 7) * kMR, _mm256_castps256_ps128(r[7]));
-        _mm_storel_pi(reinterpret_cast<__m64*>(d + (p + 7) * kMR + 4), _mm256_extractf128_ps(r[7], 1));
+        __m256 r[kGroups][8];
+        for (int g = 0; g < kGroups; ++g) {
+            const int rows = g + 1 < kGroups ? 8 : kLast;
+            for (int i = 0; i < 8; ++i)
+                r[g][i] = i < rows ? _mm256_loadu_ps(a + (8 * g + i) * ars + p) : _mm256_setzero_ps();
+            transpose8x8(r[g]);
+        }
+        for (int i = 0; i < 8; ++i)
+            for (int g = 0; g < kGroups; ++g) {
+                float* o = d + (p + i) * kMR + 8 * g;
+                if (g + 1 < kGroups || kLast == 8 || i < 7) {
+                    _mm256_storeu_ps(o, r[g][i]);
+                } else {
+                    const __m128 lo = _mm256_castps256_ps128(r[g][i]), hi = _mm256_extractf128_ps(r[g][i], 1);
+                    if constexpr (kLast >= 4) {
+                        _mm_storeu_ps(o, lo);
+                        if constexpr (kLast == 6) _mm_storel_pi(reinterpret_cast<__m64*>(o + 4), hi);
+                    } else {
+                        _mm_storel_pi(reinterpret_cast<__m64*>(o), lo);
+                    }
+                }
+            }
     }
     return whole;
 }
@@ -497,6 +528,12 @@ inline void direct_rows(const GemmArgs<T>& g, const T* Bp, index_t Np, index_t m
             const vec out = acc[r];
             if (cols == W) {
                 std::memcpy(c, &out, sizeof(vec));
+#if FASTMLP_VEC_BYTES == 64
+            } else if constexpr (std::is_same_v<T, float>) {  // a masked store: the lanes past cols untouched
+                _mm512_mask_storeu_ps(c, static_cast<__mmask16>((1u << cols) - 1), reinterpret_cast<const __m512&>(out));
+            } else if constexpr (std::is_same_v<T, double>) {
+                _mm512_mask_storeu_pd(c, static_cast<__mmask8>((1u << cols) - 1), reinterpret_cast<const __m512d&>(out));
+#endif
             } else {
                 T lanes[W];
                 std::memcpy(lanes, &out, sizeof(vec));
@@ -555,8 +592,10 @@ void gemm_skinny(const GemmArgs<T>& g) {
             }
         }
     };
-    const int tasks = static_cast<int>(std::min<index_t>(num_threads(), tiles));
-    if (tasks <= 1 || g.M * g.N * g.K < kParallelMacs) {
+    // No operand is packed per task: strips narrower than one per thread cost nothing, and a
+    // thread slowed by another process takes fewer of them (gemm_run).
+    const int tasks = static_cast<int>(std::min<index_t>(num_threads() * kTasksPerThread, tiles));
+    if (num_threads() == 1 || tasks <= 1 || g.M * g.N * g.K < kParallelMacs) {
         rows(0, tiles);
         return;
     }
@@ -626,11 +665,18 @@ void gemm_run(const GemmArgs<T>& g) {
     const index_t col_panels = (N + NR - 1) / NR, row_panels = (M + kMR - 1) / kMR;
     const bool by_cols = col_panels >= 4 * threads || col_panels >= row_panels;
     const index_t panels = by_cols ? col_panels : row_panels;
-    const int tasks = static_cast<int>(std::min<index_t>(threads, panels));
     // Column strips all read the whole of A: unless it is large, pack it once, the blocks split
     // over the threads, instead of once per thread (at 512^3 that packing is 5 % of the product).
+    const bool share_a = by_cols && M * K <= kSharedPackA;
+    // With A shared, the strips are narrower than one per thread (kTasksPerThread a thread, of at
+    // least kMinStripPanels panels), claimed by whichever thread is free: a thread slowed by
+    // another process on its core then takes fewer of them instead of holding up the product (on
+    // a VM whose cores ran at half speed now and then: the median product 15-20 % faster).
+    const index_t most = share_a ? std::max<index_t>(threads, std::min<index_t>(threads * kTasksPerThread, panels / kMinStripPanels))
+                                 : threads;
+    const int tasks = static_cast<int>(std::min<index_t>(most, panels));
     PackedA<T> shared;
-    if (by_cols && tasks > 1 && M * K <= kSharedPackA) {
+    if (share_a && tasks > 1) {
         const auto [kblocks, kstep] = k_blocking(K);
         shared.iblocks = (M + kMC - 1) / kMC;
         shared.stride = round_up(kMC, kMR) * kstep;
