@@ -95,15 +95,17 @@ inline Simd<double>::vec splat(double x) {
 }
 
 // Register tile: kMR rows by kNV vectors. AVX2 (16 vector registers): 6 x 16 floats, 12
-// accumulators, as BLIS's haswell kernel. AVX-512 (32 registers): 12 x 32 floats, 24 accumulators,
-// so that each B vector loaded feeds 12 multiply-adds instead of 6 (on a Sapphire Rapids VM, 6 and
-// 12 rows measured alike within its noise; 12 halves the loads per multiply-add). Block sizes,
+// accumulators, as BLIS's haswell kernel. AVX-512: 8 x 32 floats, 16 accumulators (on a Sapphire
+// Rapids VM, in interleaved runs, the median product was 5-40 % faster than with 12 x 32 and 24
+// accumulators: batch sizes and layer widths are multiples of 8, so no edge tile computes rows
+// that are thrown away, and a tile's rows of C, often 4 KB apart, take 8 ways of a 12-way L1 set
+// instead of all 12; 6 rows measured no better than 8 or 12). Block sizes,
 // measured on Zen 4 (1 MB L2) with 2 threads: K in equal blocks of at most 512, 96-row blocks of A
 // (one in L2 while B's micro-panels stream past it), and up to 3072 columns of B per packed block.
 // FASTMLP_GEMM_MR/KC/MC/NC override them for such experiments; the results do not depend on them.
 #ifndef FASTMLP_GEMM_MR
 #if FASTMLP_VEC_BYTES == 64
-#define FASTMLP_GEMM_MR 12
+#define FASTMLP_GEMM_MR 8
 #else
 #define FASTMLP_GEMM_MR 6
 #endif
