@@ -157,7 +157,8 @@ __attribute__((always_inline)) inline void transpose8x8(__m256 r[8]) {
 // pack_a's kMR-row panel of a row-major A (acs == 1), eight p at a time: d[p kMR + r] := a[r ars + p]
 // for p < kc rounded down to 8; returns that count. The rows go through 8x8 transposes, eight
 // rows at a time; a last group of fewer rows is stored as a whole vector whose spare lanes the
-// next column's first store overwrites, except in the eighth column, stored exactly.
+// next columns' stores overwrite, where it ends within these eight columns (never past them: the
+// next block of a shared packed A may be another thread's), and exactly otherwise.
 inline index_t pack_a_rows8(float* d, const float* a, index_t ars, index_t kc) {
     static_assert(kMR % 2 == 0, "groups of rows stored in whole pairs");
     constexpr int kGroups = (kMR + 7) / 8, kLast = kMR - 8 * (kGroups - 1);
@@ -173,7 +174,9 @@ inline index_t pack_a_rows8(float* d, const float* a, index_t ars, index_t kc) {
         for (int i = 0; i < 8; ++i)
             for (int g = 0; g < kGroups; ++g) {
                 float* o = d + (p + i) * kMR + 8 * g;
-                if (g + 1 < kGroups || kLast == 8 || i < 7) {
+                // A whole vector where it ends within the eight columns (their later stores
+                // overwrite its spare lanes), the exact lanes otherwise.
+                if (g + 1 < kGroups || kLast == 8 || (i < 7 && i * kMR + 8 * g + 8 <= 8 * kMR)) {
                     _mm256_storeu_ps(o, r[g][i]);
                 } else {
                     const __m128 lo = _mm256_castps256_ps128(r[g][i]), hi = _mm256_extractf128_ps(r[g][i], 1);
