@@ -174,9 +174,9 @@ inline index_t pack_a_rows8(float* d, const float* a, index_t ars, index_t kc) {
         for (int i = 0; i < 8; ++i)
             for (int g = 0; g < kGroups; ++g) {
                 float* o = d + (p + i) * kMR + 8 * g;
-                // A whole vector where it ends within the eight columns (their later stores
-                // overwrite its spare lanes), the exact lanes otherwise.
-                if (g + 1 < kGroups || kLast == 8 || (i < 7 && i * kMR + 8 * g + 8 <= 8 * kMR)) {
+                // A whole vector where it ends within the eight columns (a full group, or spare
+                // lanes that later stores overwrite), the exact lanes otherwise.
+                if (i * kMR + 8 * g + 8 <= 8 * kMR) {
                     _mm256_storeu_ps(o, r[g][i]);
                 } else {
                     const __m128 lo = _mm256_castps256_ps128(r[g][i]), hi = _mm256_extractf128_ps(r[g][i], 1);
