@@ -83,7 +83,9 @@ int main() {
         failed += check<double>(150, 300, 70, false, true, true, Act::Linear, rng);
         cases += 3;
     }
-    std::printf("gemm_tiles: %s, kMR %d, kKC %ld, kMC %ld, kNC %ld: %d of %d products differ from gemm_naive\n",
-                FASTMLP_STR(FASTMLP_ISA), kMR, long(kKC), long(kMC), long(kNC), failed, cases);
+    std::printf("gemm_tiles: %s, kMR %d, kKC %ld, kMC %ld, kNC %ld, %s order, row split from %ld: %d of %d products "
+                "differ from gemm_naive\n",
+                FASTMLP_STR(FASTMLP_ISA), kMR, long(kKC), long(kMC), long(kNC), kRowOrder ? "row" : "column",
+                long(kRowSplit), failed, cases);
     return failed ? 1 : 0;
 }
