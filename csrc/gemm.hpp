@@ -162,11 +162,11 @@ constexpr index_t kRowSplit = FASTMLP_GEMM_ROWSPLIT;
 constexpr index_t kParallelMacs = index_t(1) << 18;
 // The largest A (M * K elements, 4 MB of float) packed once and shared by the threads.
 constexpr index_t kSharedPackA = index_t(1) << 20;
+// gemm_skinny's tasks a thread (it packs nothing per task).
 #ifndef FASTMLP_GEMM_TASKS
 #define FASTMLP_GEMM_TASKS 8
 #endif
 constexpr index_t kTasksPerThread = FASTMLP_GEMM_TASKS;
-constexpr index_t kMinStripPanels = 2;
 
 #if FASTMLP_VEC_BYTES >= 32
 // r[i] := (r0[i], r1[i], ..., r7[i]): the 8x8 transpose of eight float vectors of 8.
@@ -738,13 +738,11 @@ void gemm_run(const GemmArgs<T>& g) {
     // Column strips all read the whole of A: unless it is large, pack it once, the blocks split
     // over the threads, instead of once per thread (at 512^3 that packing is 5 % of the product).
     const bool share_a = by_cols && M * K <= kSharedPackA;
-    // With A shared, the strips are narrower than one per thread (kTasksPerThread a thread, of at
-    // least kMinStripPanels panels), claimed by whichever thread is free: a thread slowed by
-    // another process on its core then takes fewer of them instead of holding up the product (on
-    // a VM whose cores ran at half speed now and then: the median product 15-20 % faster).
-    const index_t most = share_a ? std::max<index_t>(threads, std::min<index_t>(threads * kTasksPerThread, panels / kMinStripPanels))
-                                 : threads;
-    const int tasks = static_cast<int>(std::min<index_t>(most, panels));
+    // One strip a thread. (Narrower strips, 8 a thread claimed by whichever thread was free, made
+    // the median product 15-20 % faster on a Sapphire Rapids VM whose cores slowed down now and
+    // then, with K blocks of 512 and the column order; with the AVX-512 blocking above, one strip
+    // a thread made the training step 1.045x faster, the median of 30 pairs of whole processes.)
+    const int tasks = static_cast<int>(std::min<index_t>(threads, panels));
     PackedA<T> shared;
     if (share_a && tasks > 1) {
         const auto [kblocks, kstep] = k_blocking(K);

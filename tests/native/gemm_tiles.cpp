@@ -77,7 +77,7 @@ int main() {
                         failed += check<double>(M, N, K, ta, tb, N % 3 == 1, act, rng);
                         cases += 2;
                     }
-        // Large enough for the threads, the shared packed A and the narrow strips.
+        // Large enough for the threads and the shared packed A.
         failed += check<float>(300, 520, 70, false, false, true, Act::Relu, rng);
         failed += check<float>(260, 130, 90, true, false, false, Act::Linear, rng);
         failed += check<double>(150, 300, 70, false, true, true, Act::Linear, rng);
