@@ -20,8 +20,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 #include <new>
+#include <type_traits>
 #include <utility>
 #include <vector>
 #if defined(__linux__)

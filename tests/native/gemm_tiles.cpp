@@ -1,6 +1,7 @@
 // The GEMM (csrc/gemm.hpp) built with register tiles of other heights than the shipped ones
-// (FASTMLP_GEMM_MR) and small cache blocks (FASTMLP_GEMM_KC/MC/NC), against gemm_naive: the same
-// bits whatever the tile and the blocks, as gemm.hpp's contract says. Built and run by .ci/sanitize
+// (FASTMLP_GEMM_MR), small cache blocks (FASTMLP_GEMM_KC/MC/NC) and the other tile order and thread
+// split (FASTMLP_GEMM_ROW_ORDER/ROWSPLIT), against gemm_naive: the same bits whatever the tile, the
+// blocks and the order, as gemm.hpp's contract says. Built and run by .ci/sanitize
 // under AddressSanitizer and UndefinedBehaviorSanitizer, once per tile height and instruction set:
 //   g++ -std=c++17 -O1 -fsanitize=address,undefined -Icsrc -DFASTMLP_GEMM_MR=10 \
 //       -DFASTMLP_ISA=avx2 -DFASTMLP_VEC_BYTES=32 '-DFASTMLP_ISA_TARGET="avx2,fma"' \
