@@ -17,10 +17,13 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -162,6 +165,16 @@ constexpr index_t kRowSplit = FASTMLP_GEMM_ROWSPLIT;
 constexpr index_t kParallelMacs = index_t(1) << 18;
 // The largest A (M * K elements, 4 MB of float) packed once and shared by the threads.
 constexpr index_t kSharedPackA = index_t(1) << 20;
+// The split of a product over the threads: kFixedShare % of the panels in equal strips, one a
+// thread, the rest claimed in chunks of at least kMinClaim panels (100: equal strips only).
+#ifndef FASTMLP_GEMM_FIXED_SHARE
+#define FASTMLP_GEMM_FIXED_SHARE 50
+#endif
+#ifndef FASTMLP_GEMM_MIN_CLAIM
+#define FASTMLP_GEMM_MIN_CLAIM 2
+#endif
+constexpr index_t kFixedShare = FASTMLP_GEMM_FIXED_SHARE;
+constexpr index_t kMinClaim = FASTMLP_GEMM_MIN_CLAIM;
 // gemm_skinny's tasks a thread (it packs nothing per task).
 #ifndef FASTMLP_GEMM_TASKS
 #define FASTMLP_GEMM_TASKS 8
@@ -491,20 +504,26 @@ struct PackedA {
 };
 
 // The rows [m0, m1) and columns [n0, n1) of the product, in the calling thread; A from `shared`
-// when given (then m0 = 0), packed here otherwise.
+// when given (then m0 = 0), packed here otherwise. Only K block only_pb when it is >= 0 (that
+// block's part of the sums; C holds the earlier blocks'). B from `packed_b` when given (the one
+// block of K and the columns [n0, n1), at most kNC, as pack_b lays them out), packed here otherwise.
 template <typename T>
 void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_t n1,
-                const PackedA<T>* shared = nullptr) {
+                const PackedA<T>* shared = nullptr, const T* packed_b = nullptr, index_t only_pb = -1) {
     constexpr index_t NR = gemm_nr<T>();
     const auto [kblocks, kstep] = k_blocking(g.K);
     for (index_t jc = n0; jc < n1; jc += kNC) {
         const index_t nc = std::min(kNC, n1 - jc);
-        for (index_t pb = 0; pb < kblocks; ++pb) {
+        for (index_t pb = std::max<index_t>(only_pb, 0); pb < (only_pb < 0 ? kblocks : only_pb + 1); ++pb) {
             const index_t pc = pb * kstep;
             const index_t kc = std::min(kstep, g.K - pc);
             const bool first = pb == 0, last = pb + 1 == kblocks;
-            T* Bp = gemm_buffer<T>(1, kstep * round_up(nc, NR));
-            pack_b(Bp, g.B + pc * g.brs + jc * g.bcs, g.brs, g.bcs, kc, nc);
+            const T* Bp = packed_b;
+            if (!Bp) {
+                T* own = gemm_buffer<T>(1, kstep * round_up(nc, NR));
+                pack_b(own, g.B + pc * g.brs + jc * g.bcs, g.brs, g.bcs, kc, nc);
+                Bp = own;
+            }
             for (index_t ic = m0; ic < m1; ic += kMC) {
                 const index_t mc = std::min(kMC, m1 - ic);
                 const T* Ap;
@@ -738,10 +757,6 @@ void gemm_run(const GemmArgs<T>& g) {
     // Column strips all read the whole of A: unless it is large, pack it once, the blocks split
     // over the threads, instead of once per thread (at 512^3 that packing is 5 % of the product).
     const bool share_a = by_cols && M * K <= kSharedPackA;
-    // One strip a thread. (Narrower strips, 8 a thread claimed by whichever thread was free, made
-    // the median product 15-20 % faster on a Sapphire Rapids VM whose cores slowed down now and
-    // then, with K blocks of 512 and the column order; with the AVX-512 blocking above, one strip
-    // a thread made the training step 1.045x faster, the median of 30 pairs of whole processes.)
     const int tasks = static_cast<int>(std::min<index_t>(threads, panels));
     PackedA<T> shared;
     if (share_a && tasks > 1) {
@@ -757,12 +772,75 @@ void gemm_run(const GemmArgs<T>& g) {
         });
         shared.data = buf;
     }
+    // Columns: one strip a thread. (Narrower strips claimed by whichever thread was free: on a
+    // Sapphire Rapids VM, with K blocks of 512 and the column order, the median product 15-20 %
+    // faster; with the AVX-512 blocking above, the training step 1.045x slower than one strip a
+    // thread (median of 30 pairs of whole processes), and claimed chunks after a fixed share, as
+    // the rows below, 5-8 % slower on the forward products: each chunk streams all of A again.)
+    if (by_cols || kFixedShare >= 100) {
+        parallel_for(tasks, [&](int t) {
+            const index_t lo = panels * t / tasks, hi = panels * (t + 1) / tasks;
+            if (by_cols)
+                gemm_block(g, 0, M, lo * NR, std::min(N, hi * NR), shared.data ? &shared : nullptr);
+            else
+                gemm_block(g, lo * kMR, std::min(M, hi * kMR), 0, N);
+        });
+        return;
+    }
+    // Rows: the blocks of B (kNC columns by one block of K) in turn. In each, a task takes its
+    // equal strip's kFixedShare % of the row panels, then claims the rest in shrinking chunks (a
+    // (2 tasks)-th of what is left, at least kMinClaim panels) while any are left: a core that
+    // runs slower for a while (another guest on its physical core) then does fewer rows instead
+    // of keeping the other waiting at the end. A thread packs a block of B when it first takes
+    // rows in it, and waits until the rows it takes are done in the previous block of K (their
+    // sums go on from there); a wait is only ever for rows that a running task has claimed, in an
+    // earlier block, so a region whose tasks run one after another never waits.
+    const auto [kblocks, kstep] = k_blocking(K);
+    const index_t blocks = (N + kNC - 1) / kNC * kblocks;
+    const index_t fixed = panels * kFixedShare / (100 * tasks);
+    std::unique_ptr<std::atomic<index_t>[]> next(new std::atomic<index_t>[blocks]);
+    std::unique_ptr<std::atomic<bool>[]> done(new std::atomic<bool>[blocks * panels]);
+    for (index_t b = 0; b < blocks; ++b) next[b].store(fixed * tasks, std::memory_order_relaxed);
+    for (index_t i = 0; i < blocks * panels; ++i) done[i].store(false, std::memory_order_relaxed);
+    const auto claim = [&](index_t b, index_t& lo, index_t& hi) {
+        lo = next[b].load(std::memory_order_relaxed);
+        do {
+            if (lo >= panels) return false;
+            const index_t chunk = std::max<index_t>(kMinClaim, (panels - lo + 2 * tasks - 1) / (2 * tasks));
+            hi = std::min(panels, lo + chunk);
+        } while (!next[b].compare_exchange_weak(lo, hi, std::memory_order_relaxed));
+        return true;
+    };
+    std::atomic<bool> failed{false};  // a task threw (out of memory): the others stop waiting
     parallel_for(tasks, [&](int t) {
-        const index_t lo = panels * t / tasks, hi = panels * (t + 1) / tasks;
-        if (by_cols)
-            gemm_block(g, 0, M, lo * NR, std::min(N, hi * NR), shared.data ? &shared : nullptr);
-        else
-            gemm_block(g, lo * kMR, std::min(M, hi * kMR), 0, N);
+        for (index_t b = 0; b < blocks && !failed.load(std::memory_order_relaxed); ++b) {
+            const index_t jc = b / kblocks * kNC, nc = std::min(kNC, N - jc), pb = b % kblocks;
+            const T* packed_b = nullptr;
+            const auto rows = [&](index_t lo, index_t hi) {
+                try {
+                    if (!packed_b) {
+                        const index_t pc = pb * kstep;
+                        T* own = gemm_buffer<T>(1, std::max<index_t>(kstep, 1) * round_up(nc, NR));
+                        pack_b(own, B + pc * brs + jc * bcs, brs, bcs, std::min(kstep, K - pc), nc);
+                        packed_b = own;
+                    }
+                    if (pb > 0)
+                        for (index_t i = lo; i < hi; ++i)
+                            for (int spins = 0; !done[(b - 1) * panels + i].load(std::memory_order_acquire); ++spins) {
+                                if (failed.load(std::memory_order_relaxed)) return;
+                                if (spins >= 1024) std::this_thread::yield();
+                            }
+                    gemm_block(g, lo * kMR, std::min(M, hi * kMR), jc, jc + nc,
+                               static_cast<const PackedA<T>*>(nullptr), packed_b, pb);
+                } catch (...) {
+                    failed.store(true);
+                    throw;
+                }
+                for (index_t i = lo; i < hi; ++i) done[b * panels + i].store(true, std::memory_order_release);
+            };
+            if (fixed > 0) rows(fixed * t, fixed * (t + 1));
+            for (index_t lo, hi; claim(b, lo, hi);) rows(lo, hi);
+        }
     });
 }
 

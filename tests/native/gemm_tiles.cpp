@@ -1,8 +1,9 @@
 // The GEMM (csrc/gemm.hpp) built with register tiles of other heights than the shipped ones
 // (FASTMLP_GEMM_MR), small cache blocks (FASTMLP_GEMM_KC/MC/NC) and the other tile order and thread
-// split (FASTMLP_GEMM_ROW_ORDER/ROWSPLIT), against gemm_naive: the same bits whatever the tile, the
-// blocks and the order, as gemm.hpp's contract says. Built and run by .ci/sanitize
-// under AddressSanitizer and UndefinedBehaviorSanitizer, once per tile height and instruction set:
+// split (FASTMLP_GEMM_ROW_ORDER/ROWSPLIT/FIXED_SHARE/MIN_CLAIM), against gemm_naive: the same bits
+// whatever the tile, the blocks, the order and the thread that took which rows, as gemm.hpp's
+// contract says. Built and run by .ci/sanitize under AddressSanitizer and UndefinedBehaviorSanitizer,
+// once per tile height and instruction set, and once under ThreadSanitizer:
 //   g++ -std=c++17 -O1 -fsanitize=address,undefined -Icsrc -DFASTMLP_GEMM_MR=10 \
 //       -DFASTMLP_ISA=avx2 -DFASTMLP_VEC_BYTES=32 '-DFASTMLP_ISA_TARGET="avx2,fma"' \
 //       tests/native/gemm_tiles.cpp csrc/parallel.cpp -pthread
