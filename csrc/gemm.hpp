@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -175,6 +176,16 @@ constexpr index_t kSharedPackA = index_t(1) << 20;
 #endif
 constexpr index_t kFixedShare = FASTMLP_GEMM_FIXED_SHARE;
 constexpr index_t kMinClaim = FASTMLP_GEMM_MIN_CLAIM;
+#ifndef FASTMLP_GEMM_BALANCE_COLUMNS
+#define FASTMLP_GEMM_BALANCE_COLUMNS 1
+#endif
+constexpr bool kBalanceColumns = FASTMLP_GEMM_BALANCE_COLUMNS;
+constexpr double kRatioKeep = 0.7;  // the weight of the running average against a new product's ratio
+// The speed ratio of the two column strips' tasks (task 1's / task 0's) over the recent products.
+inline std::atomic<double>& column_speed_ratio() {
+    static std::atomic<double> ratio{1.0};
+    return ratio;
+}
 // gemm_skinny's tasks a thread (it packs nothing per task).
 #ifndef FASTMLP_GEMM_TASKS
 #define FASTMLP_GEMM_TASKS 8
@@ -772,12 +783,34 @@ void gemm_run(const GemmArgs<T>& g) {
         });
         shared.data = buf;
     }
-    // Columns: one strip a thread. (Narrower strips claimed by whichever thread was free: on a
-    // Sapphire Rapids VM, with K blocks of 512 and the column order, the median product 15-20 %
-    // faster; with the AVX-512 blocking above, the training step 1.045x slower than one strip a
-    // thread (median of 30 pairs of whole processes); claimed chunks after a fixed share, as the
-    // rows below, 5-8 % slower on the forward products, each chunk streaming all of A again; the
-    // last 15 % of the columns done as rows claimed, as below: the step 0.992x, 14 pairs.)
+    // Columns, two threads: one strip a thread, their widths in the ratio of the two tasks' speeds
+    // over the recent products (an exponential average of each product's measured ratio, kept
+    // within 1:2 and 2:1), so that a core running slower for a while (another guest on its
+    // physical core) gets the narrower strip while A is still streamed once by each. Which task
+    // computes which columns does not change the bits, only the time. Training step 1.049x and
+    // 1.051x against equal strips (medians of 14 pairs of whole processes). Not kept: narrower
+    // strips claimed by whichever thread was free (on a Sapphire Rapids VM, with K blocks of 512
+    // and the column order, the median product 15-20 % faster; with the AVX-512 blocking above,
+    // the step 1.045x slower than one strip a thread, median of 30 pairs); claimed chunks after a
+    // fixed share, as the rows below (5-8 % slower on the forward products, each chunk streaming
+    // all of A again); the last 15 % of the columns done as rows claimed (the step 0.992x).
+    if (by_cols && tasks == 2 && kBalanceColumns) {
+        std::atomic<double>& ratio = column_speed_ratio();
+        const double r = ratio.load(std::memory_order_relaxed);  // task 1's speed / task 0's
+        const index_t split = std::clamp<index_t>(static_cast<index_t>(std::lround(panels / (1 + r))), 1, panels - 1);
+        double ends[2] = {0, 0};
+        const auto start = std::chrono::steady_clock::now();
+        parallel_for(2, [&](int t) {
+            const index_t lo = t ? split : 0, hi = t ? panels : split;
+            gemm_block(g, 0, M, lo * NR, std::min(N, hi * NR), shared.data ? &shared : nullptr);
+            ends[t] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        });
+        if (ends[0] > 0 && ends[1] > 0) {
+            const double measured = (double(panels - split) / ends[1]) / (double(split) / ends[0]);
+            ratio.store(kRatioKeep * r + (1 - kRatioKeep) * std::clamp(measured, 0.5, 2.0), std::memory_order_relaxed);
+        }
+        return;
+    }
     if (by_cols || kFixedShare >= 100) {
         parallel_for(tasks, [&](int t) {
             const index_t lo = panels * t / tasks, hi = panels * (t + 1) / tasks;
