@@ -166,8 +166,9 @@ constexpr index_t kRowSplit = FASTMLP_GEMM_ROWSPLIT;
 constexpr index_t kParallelMacs = index_t(1) << 18;
 // The largest A (M * K elements, 4 MB of float) packed once and shared by the threads.
 constexpr index_t kSharedPackA = index_t(1) << 20;
-// The split of a product over the threads: kFixedShare % of the panels in equal strips, one a
-// thread, the rest claimed in chunks of at least kMinClaim panels (100: equal strips only).
+// The split of a product's rows over the threads (gemm_run): kFixedShare % of the row panels in
+// equal strips, one a thread, the rest claimed in chunks of at least kMinClaim panels (100: equal
+// strips only). kBalanceColumns: two column strips sized by the two tasks' recent speeds.
 #ifndef FASTMLP_GEMM_FIXED_SHARE
 #define FASTMLP_GEMM_FIXED_SHARE 50
 #endif
@@ -514,6 +515,16 @@ struct PackedA {
     index_t iblocks = 0, stride = 0;
 };
 
+// K block pb of columns [jc, jc + nc) of B, packed into the calling thread's buffer.
+template <typename T>
+const T* pack_b_block(const GemmArgs<T>& g, index_t pb, index_t jc, index_t nc) {
+    const auto [kblocks, kstep] = k_blocking(g.K);
+    const index_t pc = pb * kstep;
+    T* Bp = gemm_buffer<T>(1, std::max<index_t>(kstep, 1) * round_up(nc, gemm_nr<T>()));
+    pack_b(Bp, g.B + pc * g.brs + jc * g.bcs, g.brs, g.bcs, std::min(kstep, g.K - pc), nc);
+    return Bp;
+}
+
 // The rows [m0, m1) and columns [n0, n1) of the product, in the calling thread; A from `shared`
 // when given (then m0 = 0), packed here otherwise. Only K block only_pb when it is >= 0 (that
 // block's part of the sums; C holds the earlier blocks'). B from `packed_b` when given (the one
@@ -525,16 +536,12 @@ void gemm_block(const GemmArgs<T>& g, index_t m0, index_t m1, index_t n0, index_
     const auto [kblocks, kstep] = k_blocking(g.K);
     for (index_t jc = n0; jc < n1; jc += kNC) {
         const index_t nc = std::min(kNC, n1 - jc);
-        for (index_t pb = std::max<index_t>(only_pb, 0); pb < (only_pb < 0 ? kblocks : only_pb + 1); ++pb) {
+        const index_t pb0 = only_pb < 0 ? 0 : only_pb, pb1 = only_pb < 0 ? kblocks : only_pb + 1;
+        for (index_t pb = pb0; pb < pb1; ++pb) {
             const index_t pc = pb * kstep;
             const index_t kc = std::min(kstep, g.K - pc);
             const bool first = pb == 0, last = pb + 1 == kblocks;
-            const T* Bp = packed_b;
-            if (!Bp) {
-                T* own = gemm_buffer<T>(1, kstep * round_up(nc, NR));
-                pack_b(own, g.B + pc * g.brs + jc * g.bcs, g.brs, g.bcs, kc, nc);
-                Bp = own;
-            }
+            const T* Bp = packed_b ? packed_b : pack_b_block(g, pb, jc, nc);
             for (index_t ic = m0; ic < m1; ic += kMC) {
                 const index_t mc = std::min(kMC, m1 - ic);
                 const T* Ap;
@@ -852,12 +859,7 @@ void gemm_run(const GemmArgs<T>& g) {
             const T* packed_b = nullptr;
             const auto rows = [&](index_t lo, index_t hi) {
                 try {
-                    if (!packed_b) {
-                        const index_t pc = pb * kstep;
-                        T* own = gemm_buffer<T>(1, std::max<index_t>(kstep, 1) * round_up(nc, NR));
-                        pack_b(own, B + pc * brs + jc * bcs, brs, bcs, std::min(kstep, K - pc), nc);
-                        packed_b = own;
-                    }
+                    if (!packed_b) packed_b = pack_b_block(g, pb, jc, nc);
                     if (pb > 0)
                         for (index_t i = lo; i < hi; ++i)
                             for (int spins = 0; !done[(b - 1) * panels + i].load(std::memory_order_acquire); ++spins) {
