@@ -164,8 +164,12 @@ constexpr bool kRowOrder = FASTMLP_GEMM_ROW_ORDER;
 constexpr index_t kRowSplit = FASTMLP_GEMM_ROWSPLIT;
 // Below this many multiply-adds a product runs in the calling thread (a pool wake-up costs more).
 constexpr index_t kParallelMacs = index_t(1) << 18;
-// The largest A (M * K elements, 4 MB of float) packed once and shared by the threads.
-constexpr index_t kSharedPackA = index_t(1) << 20;
+// The largest A (M * K elements, 4 MB of float) packed once and shared by the threads when they
+// split the columns (FASTMLP_GEMM_SHARED_A=0: each thread packs all of A itself).
+#ifndef FASTMLP_GEMM_SHARED_A
+#define FASTMLP_GEMM_SHARED_A (1 << 20)
+#endif
+constexpr index_t kSharedPackA = FASTMLP_GEMM_SHARED_A;
 // The split of a product's rows over the threads (gemm_run): kFixedShare % of the row panels in
 // equal strips, one a thread, the rest claimed in chunks of at least kMinClaim panels (100: equal
 // strips only). kBalanceColumns: two column strips sized by the two tasks' recent speeds.
@@ -271,7 +275,19 @@ inline index_t pack_b_cols8(float* d, const float* b, index_t bcs, index_t kc) {
 // (kc, kMR) p-major; rows past mc are zero. Dst (round_up(mc, kMR) * kc) is overwritten.
 template <typename T>
 inline void pack_a(T* dst, const T* A, index_t ars, index_t acs, index_t mc, index_t kc) {
-    for (index_t i0 = 0; i0 < mc; i0 += kMR) {
+    index_t i_start = 0;
+    if (ars == 1 && acs != 1 && mc >= kMR) {
+        // A transposed A (X^T in the weight gradients): its whole panels p by p, each p's mc
+        // contiguous values copied a kMR-row piece at a time into every panel. A's row p is then
+        // read once, sequentially; panel by panel, each p would be a row stride away (often a new
+        // page) once for every panel.
+        i_start = mc / kMR * kMR;
+        for (index_t p = 0; p < kc; ++p) {
+            const T* a = A + p * acs;
+            for (index_t i0 = 0; i0 < i_start; i0 += kMR) std::memcpy(dst + i0 * kc + p * kMR, a + i0, kMR * sizeof(T));
+        }
+    }
+    for (index_t i0 = i_start; i0 < mc; i0 += kMR) {
         const index_t rows = std::min<index_t>(kMR, mc - i0);
         T* d = dst + i0 * kc;
         const T* a = A + i0 * ars;
