@@ -12,14 +12,21 @@ change in the machine's speed between the blocks decided the ratios). Both use t
 threads (--threads; default: fastmlp's default, the CPUs available). Reported: GFLOP/s
 (2*M*N*K / time, best of the rounds) and the ratio fastmlp / numpy.
 
+--independent adds, for the MLP's shapes and the squares from 256, what the cores reach when each
+runs its own copy of the product on one thread, all at once (as many copies as threads, started
+together, each timed in C++ by its own thread; their GFLOP/s added up): the most that any split of
+one product over those threads could reach on this machine at that moment, with each core's share
+exactly matched to its speed. "fastmlp/indep." is fastmlp's multi-thread product against that.
+
 Run:
-    python benches/bench_gemm.py [--threads 2] [--repeats 5] [--isa avx2]
+    python benches/bench_gemm.py [--threads 2] [--repeats 5] [--isa avx2] [--independent]
 """
 
 import argparse
 import os
 import platform
 import sys
+import threading
 import time
 
 import numpy as np
@@ -50,11 +57,37 @@ def time_numpy(a, b, ta, tb, reps):
     return (time.perf_counter() - start) / reps
 
 
+def time_independent(a, b, ta, tb, isa, threads, reps):
+    """GFLOP/s of `threads` copies of the product, each on its own thread with fastmlp on one
+    thread, started together: the sum of each copy's own rate."""
+    copies = [(a.copy(), b.copy()) for _ in range(threads)]
+    seconds = [0.0] * threads
+    start = threading.Barrier(threads)
+
+    def run(i):
+        start.wait()
+        seconds[i] = kernels.gemm(*copies[i], transpose_a=ta, transpose_b=tb, isa=isa, repeats=reps)[1]
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    fastmlp.set_num_threads(1)
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        fastmlp.set_num_threads(threads)
+    flops = 2.0 * a.size * (b.shape[0] if tb else b.shape[1])
+    return sum(flops / t / 1e9 for t in seconds)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="threads for both (default: fastmlp's default)")
     parser.add_argument("--repeats", type=int, default=5, help="rounds, each timing every shape on both sides; the best kept (default: %(default)s)")
     parser.add_argument("--isa", default="", help="fastmlp variant (default: the best this CPU runs)")
+    parser.add_argument("--independent", action="store_true",
+                        help="also time one copy of the product a thread, all at once (see above)")
     args = parser.parse_args(argv)
     if args.threads:
         fastmlp.set_num_threads(args.threads)
@@ -86,7 +119,8 @@ def main(argv=None):
         # threads keep spinning for a while after each call, and would take the cores from
         # fastmlp's threads if the two were interleaved (fastmlp's workers sleep 50 us after a
         # product).
-        ours, theirs = {}, {}
+        ours, theirs, indep = {}, {}, {}
+        independent = {name for name, M, *_ in MLP + SQUARES if M >= 256} if args.independent and threads > 1 else set()
         for _ in range(args.repeats):
             time.sleep(0.3)  # OpenBLAS's threads go back to sleep
             peak = max(peak, kernels.fma_peak(isa, 20_000_000))
@@ -95,18 +129,31 @@ def main(argv=None):
                 t = kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa, repeats=reps)[1]
                 ours[name] = min(ours.get(name, t), t)
             for name, M, N, K, ta, tb, a, b in cases:
+                if name in independent:  # 1 GFLOP a copy at least: the threads' start a small part of it
+                    rate = time_independent(a, b, ta, tb, isa, threads, max(1, int(1e9 / (2.0 * M * N * K))))
+                    indep[name] = max(indep.get(name, rate), rate)
+            for name, M, N, K, ta, tb, a, b in cases:
                 reps = max(1, int(2e8 / (2.0 * M * N * K)))
                 t = time_numpy(a, b, ta, tb, reps)
                 theirs[name] = min(theirs.get(name, t), t)
         print(f"fp32 FMA peak measured on {threads} threads: {peak:.0f} GFLOP/s (the best of every round's)")
         header = f"{'shape':<20} {'M x N x K':>18} {'fastmlp GF/s':>13} {'numpy GF/s':>11} {'fastmlp/numpy':>14} {'% peak':>7}"
+        if independent:
+            header += f" {'indep. GF/s':>12} {'% peak':>7} {'fastmlp/indep.':>15}"
         print(header)
         print("-" * len(header))
         for name, M, N, K, ta, tb, a, b in cases:
             flops = 2.0 * M * N * K
-            print(f"{name:<20} {f'{M} x {N} x {K}':>18} {flops / ours[name] / 1e9:>13.2f} {flops / theirs[name] / 1e9:>11.2f} "
-                  f"{theirs[name] / ours[name]:>13.2f}x {100 * flops / ours[name] / 1e9 / peak:>6.1f}%", flush=True)
+            rate = flops / ours[name] / 1e9
+            line = (f"{name:<20} {f'{M} x {N} x {K}':>18} {rate:>13.2f} {flops / theirs[name] / 1e9:>11.2f} "
+                    f"{theirs[name] / ours[name]:>13.2f}x {100 * rate / peak:>6.1f}%")
+            if name in indep:
+                line += f" {indep[name]:>12.2f} {100 * indep[name] / peak:>6.1f}% {rate / indep[name]:>14.2f}x"
+            print(line, flush=True)
     print("(fastmlp/numpy = numpy's time / fastmlp's; fastmlp timed in C++, numpy from Python)")
+    if independent:
+        print(f"(indep. = {threads} copies of the product at once, one a thread, their rates added; fastmlp/indep. = "
+              f"fastmlp's {threads}-thread rate / that)")
     return 1 if failed else 0
 
 
