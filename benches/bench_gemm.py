@@ -13,10 +13,12 @@ threads (--threads; default: fastmlp's default, the CPUs available). Reported: G
 (2*M*N*K / time, best of the rounds) and the ratio fastmlp / numpy.
 
 --independent adds, for the MLP's shapes and the squares from 256, what the cores reach when each
-runs its own copy of the product on one thread, all at once (as many copies as threads, started
-together, each timed in C++ by its own thread; their GFLOP/s added up): the most that any split of
-one product over those threads could reach on this machine at that moment, with each core's share
-exactly matched to its speed. "fastmlp/indep." is fastmlp's multi-thread product against that.
+computes its share of the product on its own, all at once: the product cut into as many parts as
+threads (its columns when it has fewer than 256 rows a thread, its rows otherwise, as the AVX-512
+variant splits them), each part an independent one-thread product on its own thread, started
+together and timed in C++ by that thread, their GFLOP/s added up. That is a split with no
+coordination and each core's pace its own: what fastmlp's split of the product could reach on this
+machine at that moment. "fastmlp/indep." is fastmlp's multi-thread product against it.
 
 Run:
     python benches/bench_gemm.py [--threads 2] [--repeats 5] [--isa avx2] [--independent]
@@ -58,9 +60,19 @@ def time_numpy(a, b, ta, tb, reps):
 
 
 def time_independent(a, b, ta, tb, isa, threads, reps):
-    """GFLOP/s of `threads` copies of the product, each on its own thread with fastmlp on one
-    thread, started together: the sum of each copy's own rate."""
-    copies = [(a.copy(), b.copy()) for _ in range(threads)]
+    """GFLOP/s of the product's `threads` shares (columns or rows), each an independent product on
+    its own thread with fastmlp on one thread, started together: the sum of each share's own rate."""
+    M, K = (a.shape[1], a.shape[0]) if ta else a.shape
+    N = b.shape[0] if tb else b.shape[1]
+    by_cols = M < 256 * threads
+    copies = []
+    for t in range(threads):
+        if by_cols:
+            lo, hi = N * t // threads, N * (t + 1) // threads
+            copies.append((a, np.ascontiguousarray(b[lo:hi] if tb else b[:, lo:hi])))
+        else:
+            lo, hi = M * t // threads, M * (t + 1) // threads
+            copies.append((np.ascontiguousarray(a[:, lo:hi] if ta else a[lo:hi]), b))
     seconds = [0.0] * threads
     start = threading.Barrier(threads)
 
@@ -77,8 +89,10 @@ def time_independent(a, b, ta, tb, isa, threads, reps):
             w.join()
     finally:
         fastmlp.set_num_threads(threads)
-    flops = 2.0 * a.size * (b.shape[0] if tb else b.shape[1])
-    return sum(flops / t / 1e9 for t in seconds)
+    def flops(x, y):
+        return 2.0 * x.size * (y.shape[0] if tb else y.shape[1])
+
+    return sum(flops(x, y) / t / 1e9 for (x, y), t in zip(copies, seconds))
 
 
 def main(argv=None):
@@ -129,8 +143,8 @@ def main(argv=None):
                 t = kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa, repeats=reps)[1]
                 ours[name] = min(ours.get(name, t), t)
             for name, M, N, K, ta, tb, a, b in cases:
-                if name in independent:  # 1 GFLOP a copy at least: the threads' start a small part of it
-                    rate = time_independent(a, b, ta, tb, isa, threads, max(1, int(1e9 / (2.0 * M * N * K))))
+                if name in independent:  # 1 GFLOP a share at least: the threads' start a small part of it
+                    rate = time_independent(a, b, ta, tb, isa, threads, max(1, int(1e9 * threads / (2.0 * M * N * K))))
                     indep[name] = max(indep.get(name, rate), rate)
             for name, M, N, K, ta, tb, a, b in cases:
                 reps = max(1, int(2e8 / (2.0 * M * N * K)))
@@ -152,8 +166,8 @@ def main(argv=None):
             print(line, flush=True)
     print("(fastmlp/numpy = numpy's time / fastmlp's; fastmlp timed in C++, numpy from Python)")
     if independent:
-        print(f"(indep. = {threads} copies of the product at once, one a thread, their rates added; fastmlp/indep. = "
-              f"fastmlp's {threads}-thread rate / that)")
+            print(f"(indep. = the product's {threads} shares at once, each an independent one-thread product, their "
+              f"rates added; fastmlp/indep. = fastmlp's {threads}-thread rate / that)")
     return 1 if failed else 0
 
 

@@ -165,9 +165,14 @@ constexpr index_t kRowSplit = FASTMLP_GEMM_ROWSPLIT;
 // Below this many multiply-adds a product runs in the calling thread (a pool wake-up costs more).
 constexpr index_t kParallelMacs = index_t(1) << 18;
 // The largest A (M * K elements, 4 MB of float) packed once and shared by the threads when they
-// split the columns (FASTMLP_GEMM_SHARED_A=0: each thread packs all of A itself).
+// split the columns (0: each thread packs all of A itself). AVX-512, on a Sapphire Rapids VM with
+// 2 threads, interleaved in the C++ harness (medians of 21 rounds): packing A in each thread was
+// 1-4 % faster on the MLP's forward and dX products and 1-14 % on squares of 128-512 (the shared
+// packing is one more parallel region, and its wait, and half of A comes from the other core's
+// cache); the training step 1.003x and 1.022x (two runs of 16 process pairs). AVX2 keeps the
+// shared A of its column order (not timed here: this machine would say nothing about Zen).
 #ifndef FASTMLP_GEMM_SHARED_A
-#define FASTMLP_GEMM_SHARED_A (1 << 20)
+#define FASTMLP_GEMM_SHARED_A (FASTMLP_VEC_BYTES == 64 ? 0 : 1 << 20)
 #endif
 constexpr index_t kSharedPackA = FASTMLP_GEMM_SHARED_A;
 // The split of a product's rows over the threads (gemm_run): kFixedShare % of the row panels in
@@ -788,8 +793,8 @@ void gemm_run(const GemmArgs<T>& g) {
     const bool many_rows = kRowSplit > 0 && M >= kRowSplit * threads;
     const bool by_cols = !many_rows && (col_panels >= 4 * threads || col_panels >= row_panels);
     const index_t panels = by_cols ? col_panels : row_panels;
-    // Column strips all read the whole of A: unless it is large, pack it once, the blocks split
-    // over the threads, instead of once per thread (at 512^3 that packing is 5 % of the product).
+    // Column strips all read the whole of A: up to kSharedPackA elements (AVX2 and the baseline),
+    // it is packed once, the blocks split over the threads, instead of once per thread.
     const bool share_a = by_cols && M * K <= kSharedPackA;
     const int tasks = static_cast<int>(std::min<index_t>(threads, panels));
     PackedA<T> shared;
