@@ -51,6 +51,12 @@ def operands(rng, M, N, K, ta, tb):
     return a, b
 
 
+def repeats_for(M, N, K):
+    """Products a timing: 1 GFLOP at least (a 2-thread product's start a small part of it), 0.2 for tiny ones."""
+    flops = 2.0 * M * N * K
+    return max(1, int((1e9 if flops >= 2e6 else 2e8) / flops))
+
+
 def time_numpy(a, b, ta, tb, reps):
     x, y = (a.T if ta else a), (b.T if tb else b)
     start = time.perf_counter()
@@ -134,12 +140,12 @@ def main(argv=None):
         # fastmlp's threads if the two were interleaved (fastmlp's workers sleep 50 us after a
         # product).
         ours, theirs, indep = {}, {}, {}
-        independent = {name for name, M, *_ in MLP + SQUARES if M >= 256} if args.independent and threads > 1 else set()
+        independent = {name for name, M, N, *_ in MLP + SQUARES if M >= 256 and N >= 256} if args.independent and threads > 1 else set()
         for _ in range(args.repeats):
             time.sleep(0.3)  # OpenBLAS's threads go back to sleep
             peak = max(peak, kernels.fma_peak(isa, 20_000_000))
             for name, M, N, K, ta, tb, a, b in cases:
-                reps = max(1, int(2e8 / (2.0 * M * N * K)))
+                reps = repeats_for(M, N, K)
                 t = kernels.gemm(a, b, transpose_a=ta, transpose_b=tb, isa=isa, repeats=reps)[1]
                 ours[name] = min(ours.get(name, t), t)
             for name, M, N, K, ta, tb, a, b in cases:
@@ -147,7 +153,7 @@ def main(argv=None):
                     rate = time_independent(a, b, ta, tb, isa, threads, max(1, int(1e9 * threads / (2.0 * M * N * K))))
                     indep[name] = max(indep.get(name, rate), rate)
             for name, M, N, K, ta, tb, a, b in cases:
-                reps = max(1, int(2e8 / (2.0 * M * N * K)))
+                reps = repeats_for(M, N, K)
                 t = time_numpy(a, b, ta, tb, reps)
                 theirs[name] = min(theirs.get(name, t), t)
         print(f"fp32 FMA peak measured on {threads} threads: {peak:.0f} GFLOP/s (the best of every round's)")
