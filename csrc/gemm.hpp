@@ -821,7 +821,10 @@ void gemm_run(const GemmArgs<T>& g) {
     // and the column order, the median product 15-20 % faster; with the AVX-512 blocking above,
     // the step 1.045x slower than one strip a thread, median of 30 pairs); claimed chunks after a
     // fixed share, as the rows below (5-8 % slower on the forward products, each chunk streaming
-    // all of A again); the last 15 % of the columns done as rows claimed (the step 0.992x).
+    // all of A again); the same with all of A's block of K packed once by each thread, the rest
+    // claimed from one end or by each task from its own end (0.85-1.04x on the forward and dX
+    // products and squares of 256: a column's C then moves between the cores' caches from one
+    // block of K to the next); the last 15 % of the columns done as rows claimed (the step 0.992x).
     if (by_cols && tasks == 2 && kBalanceColumns) {
         std::atomic<double>& ratio = column_speed_ratio();
         const double r = ratio.load(std::memory_order_relaxed);  // task 1's speed / task 0's
