@@ -222,14 +222,15 @@ __attribute__((always_inline)) inline void transpose8x8(__m256 r[8]) {
     }
 }
 
-// pack_a's kMR-row panel of a row-major A (acs == 1), eight p at a time: d[p kMR + r] := a[r ars + p]
+// A Rows-row panel of a row-major A (acs == 1; pack_a's: Rows = kMR), eight p at a time: d[p Rows + r] := a[r ars + p]
 // for p < kc rounded down to 8; returns that count. The rows go through 8x8 transposes, eight
 // rows at a time; a last group of fewer rows is stored as a whole vector whose spare lanes the
 // next columns' stores overwrite, where it ends within these eight columns (never past them: the
 // next block of a shared packed A may be another thread's), and exactly otherwise.
+template <int Rows = kMR>
 inline index_t pack_a_rows8(float* d, const float* a, index_t ars, index_t kc) {
-    static_assert(kMR % 2 == 0, "groups of rows stored in whole pairs");
-    constexpr int kGroups = (kMR + 7) / 8, kLast = kMR - 8 * (kGroups - 1);
+    static_assert(Rows % 2 == 0, "groups of rows stored in whole pairs");
+    constexpr int kGroups = (Rows + 7) / 8, kLast = Rows - 8 * (kGroups - 1);
     const index_t whole = kc / 8 * 8;
     for (index_t p = 0; p < whole; p += 8) {
         __m256 r[kGroups][8];
@@ -241,10 +242,10 @@ inline index_t pack_a_rows8(float* d, const float* a, index_t ars, index_t kc) {
         }
         for (int i = 0; i < 8; ++i)
             for (int g = 0; g < kGroups; ++g) {
-                float* o = d + (p + i) * kMR + 8 * g;
+                float* o = d + (p + i) * Rows + 8 * g;
                 // A whole vector where it ends within the eight columns (a full group, or spare
                 // lanes that later stores overwrite), the exact lanes otherwise.
-                if (i * kMR + 8 * g + 8 <= 8 * kMR) {
+                if (i * Rows + 8 * g + 8 <= 8 * Rows) {
                     _mm256_storeu_ps(o, r[g][i]);
                 } else {
                     const __m128 lo = _mm256_castps256_ps128(r[g][i]), hi = _mm256_extractf128_ps(r[g][i], 1);
@@ -276,6 +277,28 @@ inline index_t pack_b_cols8(float* d, const float* b, index_t bcs, index_t kc) {
 }
 #endif
 
+// One panel of Rows rows: d[p Rows + r] := A(r, p) for r < rows, p < kc; rows past `rows` zero.
+template <typename T, int Rows>
+inline void pack_panel(T* d, const T* a, index_t ars, index_t acs, index_t rows, index_t kc) {
+    if (rows == Rows && acs == 1) {
+        index_t p = 0;
+#if FASTMLP_VEC_BYTES >= 32
+        if constexpr (std::is_same_v<T, float>) p = pack_a_rows8<Rows>(d, a, ars, kc);
+#endif
+        for (; p < kc; ++p)
+            for (int r = 0; r < Rows; ++r) d[p * Rows + r] = a[r * ars + p];
+    } else if (rows == Rows && ars == 1) {
+        // A transposed A: the panel's rows are contiguous at each p, one fixed-size copy (a 16-
+        // and an 8-byte move for 6 floats).
+        for (index_t p = 0; p < kc; ++p) std::memcpy(d + p * Rows, a + p * acs, Rows * sizeof(T));
+    } else {
+        for (index_t p = 0; p < kc; ++p) {
+            for (index_t r = 0; r < rows; ++r) d[p * Rows + r] = a[r * ars + p * acs];
+            for (index_t r = rows; r < Rows; ++r) d[p * Rows + r] = T(0);
+        }
+    }
+}
+
 // Pack A(m0 + i, p0 + p) for i < mc, p < kc into micro-panels of kMR rows: panel r holds
 // (kc, kMR) p-major; rows past mc are zero. Dst (round_up(mc, kMR) * kc) is overwritten.
 template <typename T>
@@ -292,28 +315,8 @@ inline void pack_a(T* dst, const T* A, index_t ars, index_t acs, index_t mc, ind
             for (index_t i0 = 0; i0 < i_start; i0 += kMR) std::memcpy(dst + i0 * kc + p * kMR, a + i0, kMR * sizeof(T));
         }
     }
-    for (index_t i0 = i_start; i0 < mc; i0 += kMR) {
-        const index_t rows = std::min<index_t>(kMR, mc - i0);
-        T* d = dst + i0 * kc;
-        const T* a = A + i0 * ars;
-        if (rows == kMR && acs == 1) {
-            index_t p = 0;
-#if FASTMLP_VEC_BYTES >= 32
-            if constexpr (std::is_same_v<T, float>) p = pack_a_rows8(d, a, ars, kc);
-#endif
-            for (; p < kc; ++p)
-                for (int r = 0; r < kMR; ++r) d[p * kMR + r] = a[r * ars + p];
-        } else if (rows == kMR && ars == 1) {
-            // A transposed A: the tile's kMR rows are contiguous at each p, one fixed-size copy
-            // (a 16- and an 8-byte move for float).
-            for (index_t p = 0; p < kc; ++p) std::memcpy(d + p * kMR, a + p * acs, kMR * sizeof(T));
-        } else {
-            for (index_t p = 0; p < kc; ++p) {
-                for (index_t r = 0; r < rows; ++r) d[p * kMR + r] = a[r * ars + p * acs];
-                for (index_t r = rows; r < kMR; ++r) d[p * kMR + r] = T(0);
-            }
-        }
-    }
+    for (index_t i0 = i_start; i0 < mc; i0 += kMR)
+        pack_panel<T, kMR>(dst + i0 * kc, A + i0 * ars, ars, acs, std::min<index_t>(kMR, mc - i0), kc);
 }
 
 // Pack B(p, n0 + j) for p < kc, j < nc into micro-panels of NR columns: panel j holds (kc, NR)
@@ -631,6 +634,26 @@ inline void copy_head(T* dst, const T* src, index_t n) {
     }
 }
 
+// c[0, cols) := the first cols lanes of v (cols <= the vector's width); c[cols, width) untouched.
+template <typename T>
+inline void store_head(T* c, typename Simd<T>::vec v, index_t cols) {
+    using vec = typename Simd<T>::vec;
+    constexpr index_t W = Simd<T>::width;
+    if (cols == W) {
+        std::memcpy(c, &v, sizeof(vec));
+#if FASTMLP_VEC_BYTES == 64
+    } else if constexpr (std::is_same_v<T, float>) {  // a masked store: the lanes past cols untouched
+        _mm512_mask_storeu_ps(c, static_cast<__mmask16>((1u << cols) - 1), reinterpret_cast<const __m512&>(v));
+    } else if constexpr (std::is_same_v<T, double>) {
+        _mm512_mask_storeu_pd(c, static_cast<__mmask8>((1u << cols) - 1), reinterpret_cast<const __m512d&>(v));
+#endif
+    } else {
+        T lanes[W];
+        std::memcpy(lanes, &v, sizeof(vec));
+        copy_head<T, W>(c, lanes, cols);
+    }
+}
+
 template <typename T, int R>
 inline void direct_rows(const GemmArgs<T>& g, const T* Bp, index_t Np, index_t m0) {
     using vec = typename Simd<T>::vec;
@@ -651,20 +674,7 @@ inline void direct_rows(const GemmArgs<T>& g, const T* Bp, index_t Np, index_t m
                 acc[r] += bv;
             }
             T* c = g.C + (m0 + r) * g.ldc + n0;
-            const vec out = acc[r];
-            if (cols == W) {
-                std::memcpy(c, &out, sizeof(vec));
-#if FASTMLP_VEC_BYTES == 64
-            } else if constexpr (std::is_same_v<T, float>) {  // a masked store: the lanes past cols untouched
-                _mm512_mask_storeu_ps(c, static_cast<__mmask16>((1u << cols) - 1), reinterpret_cast<const __m512&>(out));
-            } else if constexpr (std::is_same_v<T, double>) {
-                _mm512_mask_storeu_pd(c, static_cast<__mmask8>((1u << cols) - 1), reinterpret_cast<const __m512d&>(out));
-#endif
-            } else {
-                T lanes[W];
-                std::memcpy(lanes, &out, sizeof(vec));
-                copy_head<T, W>(c, lanes, cols);
-            }
+            store_head(c, acc[r], cols);
             if (g.act != Act::Linear) act_forward_row(g.act, c, cols);
         }
     }
@@ -728,6 +738,81 @@ void gemm_skinny(const GemmArgs<T>& g) {
     parallel_for(tasks, [&](int t) { rows(tiles * t / tasks, tiles * (t + 1) / tasks); });
 }
 
+// Few columns (N <= kNarrowCols: an output layer of 10 classes, forward and its weight gradient),
+// many rows: the vectors run down the rows. A tile is RV vectors of W rows by NC columns (4, or
+// kNarrowCols; B copied once into rows of NC, zero-padded), each accumulator column n of RV W
+// rows: per p, A's values for the tile's rows (packed p-major by pack_panel, one block of K at a
+// time) times B(p, n) broadcast. Every lane does useful work, where the register-tiled path's
+// NR = 32 columns would leave more than two thirds of each tile idle for 10 classes. Each element
+// is the GEMM's chain (mul_add over p ascending from 0, then + bias), so the same bits.
+constexpr int kNarrowCols = 12;
+template <typename T, int RV, int NC>
+void narrow_tiles(const GemmArgs<T>& g, const T* Bp, index_t t0, index_t t1) {
+    using vec = typename Simd<T>::vec;
+    constexpr index_t W = Simd<T>::width, R = RV * W;
+    const auto [kblocks, kstep] = k_blocking(g.K);
+    T* Ap = gemm_buffer<T>(0, R * kstep);
+    for (index_t t = t0; t < t1; ++t) {
+        const index_t m0 = t * R, mr = std::min<index_t>(R, g.M - m0);
+        vec acc[RV][NC];
+        for (int v = 0; v < RV; ++v)
+            for (int n = 0; n < NC; ++n) acc[v][n] = vec{};
+        for (index_t pb = 0; pb < kblocks; ++pb) {
+            const index_t pc = pb * kstep, kc = std::min(kstep, g.K - pc);
+            pack_panel<T, R>(Ap, g.A + m0 * g.ars + pc * g.acs, g.ars, g.acs, mr, kc);
+            const T* b = Bp + pc * NC;
+#pragma GCC unroll 2
+            for (index_t p = 0; p < kc; ++p) {
+                vec a[RV];
+                for (int v = 0; v < RV; ++v) std::memcpy(&a[v], Ap + p * R + v * W, sizeof(vec));
+                for (int n = 0; n < NC; ++n) {
+                    const vec bn = splat(b[p * NC + n]);
+                    for (int v = 0; v < RV; ++v) acc[v][n] = mul_add(a[v], bn, acc[v][n]);
+                }
+            }
+        }
+        T out[NC][R];  // column n of the tile's rows
+        for (int n = 0; n < NC; ++n)
+            for (int v = 0; v < RV; ++v) {
+                const vec o = g.bias && n < g.N ? acc[v][n] + splat(g.bias[n]) : acc[v][n];
+                std::memcpy(&out[n][v * W], &o, sizeof(vec));
+            }
+        for (index_t r = 0; r < mr; ++r) {
+            T* c = g.C + (m0 + r) * g.ldc;
+            for (index_t n = 0; n < g.N; ++n) c[n] = out[n][r];
+            if (g.act != Act::Linear) act_forward_row(g.act, c, g.N);
+        }
+    }
+}
+
+template <typename T>
+void gemm_narrow(const GemmArgs<T>& g) {
+    const bool few = g.N <= 4;  // 4 columns, two vectors of rows: 8 chains in flight
+    const index_t NC = few ? 4 : kNarrowCols, R = (few ? 2 : 1) * Simd<T>::width;
+    T* Bp = gemm_buffer<T>(1, g.K * NC);
+    std::fill(Bp, Bp + g.K * NC, T(0));
+    for (index_t p = 0; p < g.K; ++p) {
+        if (g.bcs == 1) {
+            copy_head<T, kNarrowCols + 1>(Bp + p * NC, g.B + p * g.brs, g.N);
+        } else {
+            for (index_t n = 0; n < g.N; ++n) Bp[p * NC + n] = g.B[p * g.brs + n * g.bcs];
+        }
+    }
+    const index_t tiles = (g.M + R - 1) / R;
+    const auto rows = [&](index_t t0, index_t t1) {
+        if (few)
+            narrow_tiles<T, 2, 4>(g, Bp, t0, t1);
+        else
+            narrow_tiles<T, 1, kNarrowCols>(g, Bp, t0, t1);
+    };
+    const int tasks = static_cast<int>(std::min<index_t>(num_threads() * kTasksPerThread, tiles));
+    if (num_threads() == 1 || tasks <= 1 || g.M * g.N * g.K < kParallelMacs) {
+        rows(0, tiles);
+        return;
+    }
+    parallel_for(tasks, [&](int t) { rows(tiles * t / tasks, tiles * (t + 1) / tasks); });
+}
+
 template <typename T>
 void gemm_run(const GemmArgs<T>& g);
 
@@ -762,6 +847,13 @@ void gemm_run(const GemmArgs<T>& g) {
         stored();
         return;
     }
+#ifndef FASTMLP_GEMM_NO_NARROW
+    if (N <= kNarrowCols && M >= 4 * NR && K >= 1) {
+        gemm_narrow(g);
+        stored();
+        return;
+    }
+#endif
     if (N < NR && M >= 4 * NR && acs == 1 && K >= 1) {
         gemm_skinny(g);
         stored();
