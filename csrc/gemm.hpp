@@ -699,7 +699,7 @@ void gemm_direct(const GemmArgs<T>& g) {
     }
 }
 
-// Few columns (N < NR: an output layer of 10 classes), many rows, A row-major: B packed into one
+// Few columns (kNarrowCols < N < NR; fewer go to gemm_narrow), many rows, A row-major: B packed into one
 // NR-wide panel and each kMR-row tile of C computed from A's rows as they are (no packing of A,
 // no blocking of K: one chain per element in registers), row tiles split over the threads. The
 // chains are the GEMM's, so the same bits.
