@@ -196,7 +196,7 @@ inline std::atomic<double>& column_speed_ratio() {
     static std::atomic<double> ratio{1.0};
     return ratio;
 }
-// gemm_skinny's tasks a thread (it packs nothing per task).
+// gemm_skinny's and gemm_narrow's tasks a thread (a task packs nothing beyond its own tiles' rows).
 #ifndef FASTMLP_GEMM_TASKS
 #define FASTMLP_GEMM_TASKS 8
 #endif
